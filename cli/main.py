@@ -1,0 +1,165 @@
+"""The ``debias`` command line: parse options, call one library function, show progress.
+
+Every command runs inside ``_errors()``: a ``DebiasError`` becomes one ``Error: ...`` line on
+stderr and exit code 1 (``DEBIAS_DEBUG=1`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from cli.progress import RichListener
+from debias import TrainConfig, errors, train as train_run, write_synthetic
+from debias.config import ModelConfig
+from debias.train import resume as resume_run
+
+app = typer.Typer(
+    help="Fair face classifiers without group labels: the debiasing VAE (DB-VAE).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals hold faces and sensitive attributes
+    add_completion=False,
+)
+data_app = typer.Typer(help="Data sets: make the synthetic demo set.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def _errors(resume_hint: Path | None = None) -> Iterator[None]:
+    try:
+        yield
+    except errors.DebiasError as exc:
+        if os.environ.get("DEBIAS_DEBUG"):
+            raise
+        err_console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        hint = f" Resume with: debias train --resume {resume_hint}" if resume_hint else ""
+        err_console.print(f"Interrupted.{hint}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+# Options shared by commands that read data (train now; audit and outliers later).
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Folder: class folders, labels.csv, UTKFace names or CelebA.")]
+LabelsOpt = Annotated[Optional[Path], typer.Option(
+    "--labels", help="Labels CSV (path,label,...); paths relative to the CSV's folder.")]
+TargetOpt = Annotated[Optional[str], typer.Option(
+    "--target", help="Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute.")]
+GroupsOpt = Annotated[Optional[str], typer.Option(
+    "--groups", help="Comma-separated attribute columns to evaluate by (default: all suitable).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+
+
+@app.command()
+def train(
+    data: DataOpt = None,
+    labels: LabelsOpt = None,
+    target: TargetOpt = None,
+    groups: GroupsOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<date-time>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
+    baseline: Annotated[bool, typer.Option(help="Train the plain classifier instead.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail on unreadable files instead of skipping.")] = False,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option()] = None,
+    latent_dim: Annotated[Optional[int], typer.Option()] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Side in pixels (multiple of 16).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Histogram smoothing.")] = None,
+    bins: Annotated[Optional[int], typer.Option(help="Histogram bins per latent dimension.")] = None,
+    combine: Annotated[Optional[str], typer.Option(help="product (paper) or max (lab).")] = None,
+    ess_fraction: Annotated[Optional[float], typer.Option(
+        help="Keep this effective sample share per class (0 turns it off).")] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option()] = None,
+    kl_weight: Annotated[Optional[float], typer.Option()] = None,
+    vae_on: Annotated[Optional[str], typer.Option(help="auto, all or positive.")] = None,
+    positive_class: Annotated[Optional[str], typer.Option()] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: DeviceOpt = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes.")] = None,
+) -> None:
+    """Train a debiased classifier (DB-VAE), or the plain baseline, into a run folder."""
+    given = {k: v for k, v in locals().items() if v is not None}
+    with _errors(resume_hint=resume or out):
+        if resume is not None:
+            extra = sorted(set(given) - {"resume", "epochs", "device", "baseline", "strict"})
+            if extra or baseline or strict:
+                raise errors.ConfigError(errors.RESUME_OPTIONS.format(
+                    path=resume, options=", ".join("--" + o.replace("_", "-") for o in extra)
+                    or "--baseline/--strict"))
+            with RichListener(console) as listener:
+                result = resume_run(resume, epochs=epochs, device=device, listener=listener)
+        else:
+            if data is None and labels is None:
+                raise errors.ConfigError("No data given. Pass --data FOLDER or --labels FILE.")
+            config = _config_from(given)
+            with RichListener(console) as listener:
+                result = train_run(config, listener=listener)
+    last = result.metrics[-1]
+    console.print(
+        f"Run saved to {result.run_dir}  (train acc {last['train_acc']:.3f}"
+        + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "") + ")"
+    )
+    if result.data.skipped:
+        console.print(f"{len(result.data.skipped)} unreadable file(s) skipped; "
+                      f"listed in {result.run_dir / 'skipped.csv'}")
+
+
+def _config_from(given: dict[str, object]) -> TrainConfig:
+    """Defaults of TrainConfig/ModelConfig, overridden by the options the user gave."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+    values = dict(given)
+    for key in ("data", "labels", "out"):
+        if key in values:
+            values[key] = str(values[key])
+    if "groups" in values:
+        values["groups"] = [g.strip() for g in str(values["groups"]).split(",") if g.strip()]
+    if values.get("ess_fraction") == 0:
+        values["ess_fraction"] = None
+    model = ModelConfig(**{k: v for k, v in values.items() if k in model_fields})
+    return TrainConfig(**{k: v for k, v in values.items() if k in train_fields}, model=model)
+
+
+@data_app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the data set into.")],
+    faces: Annotated[int, typer.Option(help="Number of face images.")] = 1200,
+    non_faces: Annotated[int, typer.Option(help="Number of non-face images.")] = 1200,
+    dark_fraction: Annotated[float, typer.Option(help="Share of faces with dark skin.")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a synthetic, skewed face-detection data set (class folders + labels.csv)."""
+    with _errors():
+        if faces < 1 or non_faces < 1 or not 0 <= dark_fraction <= 1:
+            raise errors.ConfigError(
+                "--faces and --non-faces must be at least 1 and --dark-fraction in [0, 1].")
+        labels = write_synthetic(out, n_faces=faces, n_non_faces=non_faces,
+                                 dark_fraction=dark_fraction, seed=seed)
+    console.print(f"Wrote {faces + non_faces} images and {labels}")
+
+
+def main() -> None:
+    """Entry point of the ``debias`` executable."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

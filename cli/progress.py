@@ -1,0 +1,54 @@
+"""Rich progress bars for the library's progress events (the library itself never prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RichListener:
+    """Draws each phase (decode, epochs) as a progress bar with running statistics and ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:>12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> RichListener:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def phase(self, name: str, total: int) -> None:
+        self.task = self.progress.add_task(name, total=total, stats="")
+
+    def advance(self, n: int = 1, **fields: float) -> None:
+        stats = "  ".join(f"{k} {v:.3f}" for k, v in fields.items())
+        self.progress.update(self.task, advance=n, stats=stats)
+
+    def epoch_end(self, metrics: dict[str, Any]) -> None:
+        val = metrics.get("val_acc")
+        self.progress.update(self.task, stats=(
+            f"loss {metrics['train_loss']:.3f}  acc {metrics['train_acc']:.3f}  "
+            f"val {val:.3f}  " if val is not None else ""
+        ) + f"ess {metrics['ess_fraction']:.0%}  {metrics['images_per_s']:.0f} img/s")

@@ -1,0 +1,131 @@
+"""The configuration of a run: one dataclass per concern, saved as ``config.json`` with the run.
+
+CLI options map one-to-one onto these fields. Each default says why it was chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from debias import errors
+
+Combine = Literal["product", "max"]
+VaeOn = Literal["auto", "all", "positive"]
+Recon = Literal["l1", "l2"]
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the DB-VAE; the number of classes comes from the data."""
+
+    image_size: int = 64  # the lab's and the benchmark's resolution; must be a multiple of 16
+    latent_dim: int = 100  # the lab's latent size
+    filters: int = 12  # the lab's 4-conv encoder: 12/24/48/72 filters
+    hidden: int = 512  # the lab's dense layer before the heads
+
+    def validate(self) -> None:
+        """Raise ConfigError for sizes the architecture cannot take."""
+        if self.image_size < 16 or self.image_size % 16:
+            raise errors.ConfigError(errors.BAD_OPTION.format(
+                option="image-size", value=self.image_size,
+                problem="the encoder halves the image four times",
+                fix="Use a multiple of 16 (e.g. 64)."))
+        for name in ("latent_dim", "filters", "hidden"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run besides the data's own content.
+
+    Examples
+    --------
+    >>> from debias import TrainConfig, train
+    >>> run = train(TrainConfig(data="faces/", epochs=5, out="runs/x"))  # doctest: +SKIP
+    """
+
+    # Data
+    data: str | None = None  # a folder in one of the accepted layouts
+    labels: str | None = None  # a labels CSV anywhere (paths relative to it); overrides data/labels.csv
+    target: str | None = None  # label column / UTKFace field / CelebA attribute
+    groups: list[str] | None = None  # evaluation groups; default: attributes with 2-20 values
+    strict: bool = False  # skipping unreadable files is the default: real folders have a few
+    out: str | None = None  # run folder; default runs/<date-time>
+
+    # Method
+    baseline: bool = False  # plain classifier: no VAE loss, uniform sampling
+    vae_on: VaeOn = "auto"  # auto: "positive" when a class is called "face" (detection), else "all"
+    positive_class: str | None = None  # the class the VAE models with vae_on="positive"
+    kl_weight: float = 5e-4  # the lab's value: a weak KL keeps latents informative
+    recon: Recon = "l1"  # the lab's L1 reconstruction
+    bins: int = 10  # the lab's histogram bins per latent dimension
+    alpha: float = 1e-3  # the lab's smoothing: keeps empty bins from getting infinite weight
+    combine: Combine = "product"  # the paper's rule (in log space); "max" is the lab's
+    ess_fraction: float | None = 0.5  # temperature so each class keeps this effective sample share
+    warmup_epochs: int = 1  # uniform sampling until the latents mean something
+
+    # Optimisation
+    epochs: int = 10
+    batch_size: int = 32  # the lab's batch
+    lr: float = 5e-4  # the lab's Adam step
+    augment: bool = True  # flip, colour jitter, +-4 px shift: upweighted rare faces are not memorised
+    val_fraction: float = 0.1  # stratified by class; a data set's own val partition wins
+    seed: int = 0
+    device: str = "auto"  # cuda, then mps, then cpu
+    num_workers: int = 0  # decoding processes (0 decodes in this process)
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError for values no run can use."""
+        self.model.validate()
+        for name in ("epochs", "batch_size", "bins"):
+            _positive(name, getattr(self, name))
+        for name in ("lr", "alpha"):
+            if not getattr(self, name) > 0:
+                raise errors.ConfigError(errors.BAD_OPTION.format(
+                    option=name.replace("_", "-"), value=getattr(self, name),
+                    problem="must be greater than 0", fix="Pass a positive number."))
+        if self.kl_weight < 0:
+            raise errors.ConfigError(errors.BAD_OPTION.format(
+                option="kl-weight", value=self.kl_weight, problem="must not be negative",
+                fix="Pass 0 or a positive number."))
+        if not 0 <= self.val_fraction < 1:
+            raise errors.ConfigError(errors.BAD_OPTION.format(
+                option="val-fraction", value=self.val_fraction, problem="must be in [0, 1)",
+                fix="Pass e.g. 0.1."))
+        if self.ess_fraction is not None and not 0 < self.ess_fraction <= 1:
+            raise errors.ConfigError(errors.BAD_OPTION.format(
+                option="ess-fraction", value=self.ess_fraction, problem="must be in (0, 1]",
+                fix="Pass e.g. 0.5, or none to use alpha alone."))
+        if self.warmup_epochs < 0:
+            raise errors.ConfigError(errors.BAD_OPTION.format(
+                option="warmup-epochs", value=self.warmup_epochs, problem="must not be negative",
+                fix="Pass 0 or more."))
+        for name, allowed in (("combine", Combine), ("vae_on", VaeOn), ("recon", Recon)):
+            if getattr(self, name) not in allowed.__args__:
+                raise errors.ConfigError(errors.BAD_OPTION.format(
+                    option=name.replace("_", "-"), value=getattr(self, name),
+                    problem="unknown choice", fix=f"Use one of {', '.join(allowed.__args__)}."))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (the ``train`` section of ``config.json``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output, ignoring keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        model_known = {f.name for f in dataclasses.fields(ModelConfig)}
+        model = ModelConfig(**{k: v for k, v in d.pop("model", {}).items() if k in model_known})
+        return cls(**d, model=model)
+
+
+def _positive(name: str, value: int) -> None:
+    if not (isinstance(value, int) and value > 0):
+        raise errors.ConfigError(errors.BAD_OPTION.format(
+            option=name.replace("_", "-"), value=value, problem="must be a whole number above 0",
+            fix="Pass e.g. 10."))

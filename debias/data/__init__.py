@@ -1,0 +1,17 @@
+"""Data loading: layouts, decoding, and the synthetic demo set. Only this package knows file layouts."""
+
+from debias.data.decode import IMAGE_EXTENSIONS, UnreadableImage, decode_images, load_image
+from debias.data.manifest import FaceData, Manifest, load_data, read_manifest
+from debias.data.synth import write_synthetic
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FaceData",
+    "Manifest",
+    "UnreadableImage",
+    "decode_images",
+    "load_data",
+    "load_image",
+    "read_manifest",
+    "write_synthetic",
+]

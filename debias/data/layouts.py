@@ -1,0 +1,174 @@
+"""Readers for the four data layouts; each returns a table of (path, label, attributes...).
+
+A reader only reads names and label files. Images are opened later, once, by ``decode``; files a
+reader can already tell are unusable (a malformed UTKFace name, a non-image file in a class folder)
+are returned as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from debias import errors
+from debias.data.decode import IMAGE_EXTENSIONS, is_image_name
+
+Skipped = list[tuple[str, str]]
+
+UTK_TARGETS = ("gender", "race", "age-bucket")
+UTK_GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
+UTK_RACES = ("White", "Black", "Asian", "Indian", "Others")
+UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_\d+")
+UTK_LIKE = re.compile(r"^\d+_\d+_")
+AGE_BUCKETS = ((0, 17, "0-17"), (18, 29, "18-29"), (30, 44, "30-44"), (45, 59, "45-59"), (60, 200, "60+"))
+
+CELEBA_ATTRS = "list_attr_celeba.txt"
+CELEBA_IMAGES = "img_align_celeba"
+CELEBA_PARTITION = "list_eval_partition.txt"
+CELEBA_SPLITS = {"0": "train", "1": "val", "2": "test"}
+CELEBA_DEFAULT_GROUPS = ("Male", "Young", "Pale_Skin")
+
+
+def _visible_files(root: Path) -> list[Path]:
+    """Every non-hidden file under ``root``, in a stable order, skipping hidden folders."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if path.is_file() or path.is_symlink() or (path.is_dir() and is_image_name(path.name)):
+            out.append(path)
+    return out
+
+
+def class_folders(root: Path) -> list[Path]:
+    """Non-hidden sub-folders of ``root`` that hold at least one image file (at any depth)."""
+    return [
+        d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and not is_image_name(d.name)
+        and any(is_image_name(f.name) for f in d.rglob("*") if not f.name.startswith("."))
+    ]
+
+
+def read_class_folders(root: Path) -> tuple[pd.DataFrame, Skipped]:
+    """Read torchvision's ImageFolder layout: ``root/<class>/**/<image>``."""
+    rows, skipped = [], []
+    for folder in class_folders(root):
+        for f in _visible_files(folder):
+            if is_image_name(f.name):
+                rows.append((str(f), folder.name))
+            else:
+                skipped.append((str(f), f"not an image file extension ({', '.join(IMAGE_EXTENSIONS)})"))
+    return pd.DataFrame(rows, columns=["path", "label"]), skipped
+
+
+def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
+    """Read a labels CSV: a ``path`` column relative to the CSV's folder, a label column, attributes."""
+    try:
+        frame = pd.read_csv(
+            csv_path, dtype=str, keep_default_na=False, sep=None, engine="python",
+            encoding="utf-8-sig",
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        raise errors.DataError(errors.BAD_CSV.format(path=csv_path, reason=exc)) from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    columns = ", ".join(frame.columns)
+    target = target or "label"
+    if "path" not in frame.columns:
+        raise errors.DataError(errors.MISSING_COLUMN.format(
+            path=csv_path, column="path", columns=columns,
+            fix="Add a 'path' column with image paths relative to the CSV's folder."))
+    if target not in frame.columns:
+        raise errors.DataError(errors.MISSING_COLUMN.format(
+            path=csv_path, column=target, columns=columns,
+            fix="Pass --target COLUMN to choose the label column, or add a 'label' column."))
+    for column in ("path", target):
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            raise errors.DataError(errors.EMPTY_LABEL.format(
+                path=csv_path, count=len(empty), column=column, row=int(empty[0]) + 2))
+    root = csv_path.parent.resolve()
+    paths = []
+    for i, value in enumerate(frame["path"]):
+        full = (root / value.strip()).resolve()
+        if not full.is_relative_to(root):
+            raise errors.DataError(errors.PATH_ESCAPES.format(
+                path=csv_path, row=i + 2, value=value, root=root))
+        paths.append(str(full))
+    attrs = frame.drop(columns=["path", target])
+    if "label" in attrs.columns:  # the original label column is kept as an attribute
+        attrs = attrs.rename(columns={"label": "label_column"})
+    out = pd.concat(
+        [pd.DataFrame({"path": paths, "label": frame[target].str.strip()}), attrs], axis=1
+    )
+    return out, []
+
+
+def _age_bucket(age: int) -> str:
+    return next(name for low, high, name in AGE_BUCKETS if low <= age <= high)
+
+
+def looks_like_utkface(root: Path) -> bool:
+    """Whether most image files directly under ``root`` have UTKFace-style names."""
+    names = [p.name for p in root.iterdir() if is_image_name(p.name)]
+    return bool(names) and sum(bool(UTK_LIKE.match(n)) for n in names) >= 0.5 * len(names)
+
+
+def read_utkface(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
+    """Read UTKFace file names ``age_gender_race_timestamp.jpg...`` under ``root``."""
+    target = target or "gender"
+    if target not in UTK_TARGETS:
+        raise errors.DataError(errors.BAD_TARGET.format(
+            path=root, target=target, choices=", ".join(UTK_TARGETS)))
+    rows, skipped = [], []
+    for f in _visible_files(root):
+        if not is_image_name(f.name):
+            continue
+        m = UTK_NAME.match(f.name)
+        if not m:
+            skipped.append((str(f), "malformed UTKFace name (expected age_gender_race_date.jpg)"))
+            continue
+        age, gender, race = int(m[1]), UTK_GENDERS[int(m[2])], UTK_RACES[int(m[3])]
+        rows.append((str(f), age, _age_bucket(age), gender, race))
+    frame = pd.DataFrame(rows, columns=["path", "age", "age_bucket", "gender", "race"])
+    frame.insert(1, "label", frame[target.replace("-", "_")])
+    return frame, skipped
+
+
+def is_celeba(root: Path) -> bool:
+    """Whether ``root`` has CelebA's attribute file and image folder."""
+    return (root / CELEBA_ATTRS).is_file() and (root / CELEBA_IMAGES).is_dir()
+
+
+def read_celeba(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
+    """Read CelebA: ``img_align_celeba/`` + ``list_attr_celeba.txt`` (+ ``list_eval_partition.txt``)."""
+    attr_file = root / CELEBA_ATTRS
+    try:
+        with open(attr_file, encoding="utf-8") as fh:
+            fh.readline()  # the first line is the image count
+            names = fh.readline().split()
+            table = pd.read_csv(fh, sep=r"\s+", header=None, dtype=str)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise errors.DataError(errors.BAD_CELEBA.format(path=attr_file, reason=exc)) from None
+    if not names or table.shape[1] != len(names) + 1:
+        raise errors.DataError(errors.BAD_CELEBA.format(
+            path=attr_file, reason=f"{len(names)} attribute names but {table.shape[1] - 1} values a row"))
+    if target is None or target not in names:
+        raise errors.DataError(errors.BAD_TARGET.format(
+            path=attr_file, target=target, choices=", ".join(names)))
+    table.columns = ["file", *names]
+    frame = pd.DataFrame({"path": [str(root / CELEBA_IMAGES / f) for f in table["file"]]})
+    frame["label"] = table[target].map({"1": "yes", "-1": "no"}).fillna("")
+    for name in names:
+        if name != target:
+            frame[name] = table[name].map({"1": "yes", "-1": "no"}).fillna("")
+    partition = root / CELEBA_PARTITION
+    if partition.is_file():
+        split = pd.read_csv(partition, sep=r"\s+", header=None, dtype=str, names=["file", "split"])
+        frame["split"] = table["file"].map(dict(zip(split["file"], split["split"]))).map(CELEBA_SPLITS)
+        frame["split"] = frame["split"].fillna("train")
+    return frame, []

@@ -1,0 +1,185 @@
+"""The debiasing VAE (DB-VAE) of Amini et al., AIES 2019: a classifier and a VAE sharing one encoder.
+
+The encoder maps an image to class logits and the mean and log-variance of a latent Gaussian; the
+decoder reconstructs the image from a sample of it. The classifier learns the task from every
+image; the VAE (only on the images it models) learns the latent distribution whose rare regions
+the resampler upweights. Read top to bottom: encoder, decoder, the model, then its loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from debias.config import ModelConfig, Recon
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """Turn uint8 images ``(B, 3, S, S)`` into the float ``[0, 1]`` input of the model.
+
+    Training, the latent pass for resampling, evaluation and prediction all go through this one
+    function, so latents are never computed on differently scaled images than training sees.
+    """
+    return images.float().div_(255.0)
+
+
+def _conv_block(c_in: int, c_out: int, k: int) -> list[nn.Module]:
+    # The lab's order: convolution, ReLU, then BatchNorm.
+    return [nn.Conv2d(c_in, c_out, k, stride=2, padding=k // 2), nn.ReLU(), nn.BatchNorm2d(c_out)]
+
+
+def _deconv_block(c_in: int, c_out: int, k: int, last: bool = False) -> list[nn.Module]:
+    deconv = nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2, output_padding=1)
+    return [deconv] if last else [deconv, nn.ReLU()]
+
+
+class Encoder(nn.Module):
+    """The lab's 4-conv encoder; outputs ``num_classes + 2 * latent_dim`` numbers per image."""
+
+    def __init__(self, num_classes: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        f, side = cfg.filters, cfg.image_size // 16
+        self.features = nn.Sequential(
+            *_conv_block(3, f, 5), *_conv_block(f, 2 * f, 5),
+            *_conv_block(2 * f, 4 * f, 3), *_conv_block(4 * f, 6 * f, 3),
+            nn.Flatten(),
+            nn.Linear(6 * f * side * side, cfg.hidden), nn.ReLU(),
+            nn.Linear(cfg.hidden, num_classes + 2 * cfg.latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, C + 2K)
+
+
+class Decoder(nn.Module):
+    """Mirror of the encoder: latent ``(B, K)`` to an image ``(B, 3, S, S)`` in ``[0, 1]``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        f, self.side = cfg.filters, cfg.image_size // 16
+        self.f = f
+        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, 6 * f * self.side * self.side), nn.ReLU())
+        self.deconv = nn.Sequential(
+            *_deconv_block(6 * f, 4 * f, 3), *_deconv_block(4 * f, 2 * f, 3),
+            *_deconv_block(2 * f, f, 5), *_deconv_block(f, 3, 5, last=True),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(-1, 6 * self.f, self.side, self.side)  # (B, 6f, S/16, S/16)
+        return torch.sigmoid(self.deconv(h))  # (B, 3, S, S)
+
+
+@dataclass
+class Output:
+    """What one forward pass returns."""
+
+    logits: torch.Tensor  # (B, C)
+    mu: torch.Tensor  # (B, K)
+    logvar: torch.Tensor  # (B, K)
+    recon: torch.Tensor  # (B, 3, S, S)
+
+
+@dataclass
+class Loss:
+    """The loss terms, each per sample ``(B,)``, and the scalar that is minimised."""
+
+    total: torch.Tensor  # ()
+    classification: torch.Tensor  # (B,)
+    reconstruction: torch.Tensor  # (B,)
+    kl: torch.Tensor  # (B,)
+    vae_mask: torch.Tensor  # (B,)
+
+
+class DBVAE(nn.Module):
+    """Classifier and VAE with one shared encoder.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes (2 for binary tasks; cross-entropy over the logits either way).
+    cfg : ModelConfig
+        Sizes of the network.
+    """
+
+    def __init__(self, num_classes: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_classes, self.cfg = num_classes, cfg
+        self.encoder = Encoder(num_classes, cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(logits, mu, logvar)`` for preprocessed images ``x``."""
+        h = self.encoder(x)  # (B, C + 2K)
+        c, k = self.num_classes, self.cfg.latent_dim
+        return h[:, :c], h[:, c : c + k], h[:, c + k :]  # (B, C), (B, K), (B, K)
+
+    @staticmethod
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sample ``z = mu + sigma * eps`` with ``sigma = exp(logvar / 2)``.
+
+        ``logvar`` is a log-variance here and in the KL term alike; using ``exp(logvar)`` as the
+        standard deviation (a known bug of the reference code) would make the two disagree.
+        """
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps  # (B, K)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Output:
+        logits, mu, logvar = self.encode(x)
+        recon = self.decoder(self.reparameterize(mu, logvar, generator))
+        return Output(logits, mu, logvar, recon)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, C)`` for preprocessed images (no decoder pass)."""
+        return torch.softmax(self.encode(x)[0].float(), dim=1)
+
+
+def dbvae_loss(
+    out: Output,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    vae_mask: torch.Tensor,
+    *,
+    kl_weight: float,
+    recon: Recon = "l1",
+    use_vae: bool = True,
+) -> Loss:
+    """DB-VAE loss: cross-entropy on every sample plus the VAE loss on the masked samples.
+
+    Every term is kept per sample with shape ``(B,)`` before the mean, so no ``(B, 1) + (B,)``
+    broadcast can turn the batch mean into a ``(B, B)`` one.
+
+    Parameters
+    ----------
+    out : Output
+        The model's forward pass on ``x``.
+    x : torch.Tensor
+        Preprocessed images ``(B, 3, S, S)``.
+    y : torch.Tensor
+        Class indices ``(B,)``.
+    vae_mask : torch.Tensor
+        1.0 where the VAE models the sample (e.g. faces only), else 0.0, shape ``(B,)``.
+    kl_weight : float
+        Weight of the KL divergence in the VAE loss.
+    recon : {"l1", "l2"}
+        Reconstruction error, averaged over pixels.
+    use_vae : bool
+        False trains the plain classifier (the baseline): the VAE terms are reported, not used.
+
+    Returns
+    -------
+    Loss
+    """
+    ce = F.cross_entropy(out.logits.float(), y, reduction="none")  # (B,)
+    diff = out.recon.float() - x.float()
+    rec = (diff.abs() if recon == "l1" else diff.square()).mean(dim=(1, 2, 3))  # (B,)
+    mu, logvar = out.mu.float(), out.logvar.float()
+    kl = 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(dim=1)  # (B,)
+    vae = rec + kl_weight * kl  # (B,)
+    per_sample = ce + vae_mask * vae if use_vae else ce  # (B,)
+    return Loss(per_sample.mean(), ce, rec, kl, vae_mask)

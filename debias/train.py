@@ -1,0 +1,399 @@
+"""Training: ``train(config)`` runs the DB-VAE (or the plain baseline) end to end into a run folder.
+
+Each epoch: latent means of the training images under the current model -> per-class histograms
+-> sampling weights -> an epoch of weighted batches -> validation -> metrics line -> checkpoint.
+Devices live here and in ``debias.device``; the model and the resampler do not know about them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+import debias
+from debias import errors
+from debias import run as runio
+from debias.augment import augment
+from debias.config import TrainConfig
+from debias.data import FaceData, load_data
+from debias.device import select_device
+from debias.model import DBVAE, dbvae_loss, preprocess
+from debias.resample import LatentHistogram, effective_sample_size
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 256  # inference batch for latent passes and validation
+
+
+class Listener(Protocol):
+    """Progress events; the CLI draws them as progress bars. Every method is optional."""
+
+    def phase(self, name: str, total: int) -> None:
+        """A new phase (decode, epoch N, ...) of ``total`` steps begins."""
+
+    def advance(self, n: int = 1, **fields: float) -> None:
+        """``n`` steps done; ``fields`` are running statistics (loss, acc, ess)."""
+
+    def epoch_end(self, metrics: dict[str, Any]) -> None:
+        """An epoch finished; ``metrics`` is its ``metrics.jsonl`` record."""
+
+
+class _Silent:
+    def phase(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1, **fields: float) -> None:
+        pass
+
+    def epoch_end(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the run is and what it learned."""
+
+    run_dir: Path
+    model: DBVAE
+    data: FaceData
+    metrics: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of an epoch
+
+
+def batches(images: np.ndarray, idx: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(indices, uint8 images)`` in chunks of ``size``; sorted reads are cache-friendly."""
+    for start in range(0, len(idx), size):
+        chunk = idx[start : start + size]
+        yield chunk, torch.from_numpy(np.ascontiguousarray(images[chunk]))
+
+
+@torch.no_grad()
+def compute_latents(
+    model: DBVAE, images: np.ndarray, idx: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent means ``(N, K)`` and class probabilities ``(N, C)`` of ``images[idx]``, on the CPU.
+
+    Uses :func:`debias.model.preprocess`, exactly as training does, and BatchNorm in eval mode;
+    the model's previous mode is restored afterwards (leaving it in eval mode would silently
+    train the rest of the run with frozen BatchNorm statistics).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        mus, probs = [], []
+        for _, x in batches(images, idx, EVAL_BATCH):
+            logits, mu, _ = model.encode(preprocess(x.to(device)))
+            mus.append(mu.float().cpu())
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(mus), torch.cat(probs)
+    finally:
+        model.train(was_training)
+
+
+def group_accuracy(frame: pd.DataFrame, correct: np.ndarray, columns: list[str]) -> dict[str, dict[str, float]]:
+    """Accuracy per value of each group column (empty values are not a group)."""
+    out: dict[str, dict[str, float]] = {}
+    for column in columns:
+        values = frame[column].astype(str).to_numpy()
+        out[column] = {
+            v: float(correct[values == v].mean()) for v in sorted(set(values)) if v != ""
+        }
+    return out
+
+
+def split_indices(data: FaceData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices: the data set's own partition, else stratified by class."""
+    if "split" in data.frame.columns:
+        split = data.frame["split"].to_numpy()
+        return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in range(len(data.classes)):
+        members = rng.permutation(np.flatnonzero(data.y == c))
+        n_val = int(round(val_fraction * len(members)))
+        if val_fraction > 0 and len(members) > 1:
+            n_val = max(n_val, 1)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def vae_mask_for(config: TrainConfig, classes: list[str]) -> tuple[torch.Tensor, str | None]:
+    """Per-class 1/0 mask of the classes the VAE models, and the positive class if there is one."""
+    mode = config.vae_on
+    positive = config.positive_class
+    if mode == "auto":
+        mode = "positive" if (positive is not None or "face" in classes) else "all"
+    if mode == "all":
+        return torch.ones(len(classes)), None
+    if positive is None:
+        positive = next((c for c in ("face", "yes", "1") if c in classes), None)
+    if positive is None or positive not in classes:
+        raise errors.ConfigError(errors.POSITIVE_CLASS.format(classes=", ".join(classes)))
+    return torch.tensor([float(c == positive) for c in classes]), positive
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResult:
+    """Train a DB-VAE (or, with ``config.baseline``, the plain classifier) into a run folder.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        What to train on and how. ``config.out`` is the run folder (default ``runs/<date-time>``).
+    listener : Listener, optional
+        Receives progress events.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ConfigError, DataError, RunError
+        For invalid options, unusable data, or an ``out`` folder that already holds a run.
+
+    Examples
+    --------
+    >>> from debias import TrainConfig, train
+    >>> result = train(TrainConfig(data="faces/", epochs=3))  # doctest: +SKIP
+    """
+    config.validate()
+    run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if (run_dir / runio.CHECKPOINT).exists():
+        raise errors.RunError(
+            f"{run_dir}: already holds a run. Pass --resume {run_dir} to continue it, "
+            "or a new --out folder."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, out=str(run_dir))
+    return _fit(config, run_dir, None, listener or _Silent())
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    device: str | None = None,
+    listener: Listener | None = None,
+) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint; it ends as an uninterrupted run would.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run folder.
+    epochs : int, optional
+        A new total number of epochs (to train further).
+    device : str, optional
+        Continue on another device.
+    listener : Listener, optional
+        Receives progress events.
+    """
+    run_dir = Path(run_dir)
+    saved = runio.read_config(run_dir)
+    config = TrainConfig.from_dict(saved["train"])
+    if epochs is not None:
+        config.epochs = epochs
+    if device is not None:
+        config.device = device
+    config.validate()
+    state = runio.load_checkpoint(run_dir / runio.CHECKPOINT)
+    if state["epoch"] >= config.epochs:
+        raise errors.RunError(errors.RUN_FINISHED.format(path=run_dir, epochs=config.epochs))
+    return _fit(config, run_dir, state, listener or _Silent())
+
+
+def _fit(
+    config: TrainConfig, run_dir: Path, state: dict[str, Any] | None, listener: Listener
+) -> TrainResult:
+    device = select_device(config.device)
+    # The data are decoded first: the slowest step and the one most likely to fail on bad input.
+    data = load_data(
+        config.data, labels=config.labels, target=config.target, groups=config.groups,
+        image_size=config.model.image_size, strict=config.strict, splits=("train", "val"),
+        cache_file=run_dir / runio.CACHE, num_workers=config.num_workers,
+        on_start=lambda n: listener.phase("decode", n), on_advance=listener.advance,
+    )
+    if data.skipped:
+        log.warning("%d file(s) skipped as unreadable; listed in %s", len(data.skipped),
+                    run_dir / runio.SKIPPED)
+    runio.write_csv(run_dir / runio.SKIPPED, pd.DataFrame(data.skipped, columns=["path", "reason"]))
+    train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
+    class_mask, positive = vae_mask_for(config, data.classes)
+
+    model = DBVAE(len(data.classes), config.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    sampler_rng = torch.Generator().manual_seed(config.seed)  # epoch sampling and augmentation
+    noise_rng = torch.Generator(device).manual_seed(config.seed + 1)  # VAE reparameterisation
+    torch.manual_seed(config.seed)  # weight initialisation only: the model draws from the global RNG
+    model.apply(_reset)
+    start_epoch = 0
+    if state is not None:
+        if state["classes"] != data.classes:
+            raise errors.RunError(
+                f"{run_dir}: the data now has classes {data.classes}, the checkpoint "
+                f"{state['classes']}. Resume with the data the run started with."
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        sampler_rng.set_state(state["sampler_rng"])
+        noise_rng.set_state(state["noise_rng"].to(noise_rng.get_state().device))
+        start_epoch = state["epoch"]
+
+    runio.write_json(run_dir / runio.CONFIG, {
+        "debias_version": debias.__version__,
+        "train": config.to_dict(),
+        "data": {
+            "classes": data.classes, "layout": data.layout, "source": data.source,
+            "group_columns": data.group_columns, "positive_class": positive,
+            "n_train": len(train_idx), "n_val": len(val_idx), "n_skipped": len(data.skipped),
+        },
+        "device": str(device),
+    })
+
+    y_all = torch.from_numpy(data.y)
+    y_train = y_all[train_idx]
+    histogram = None
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        resampled = not config.baseline and epoch >= config.warmup_epochs
+        if resampled:
+            mu, _ = compute_latents(model, data.images, train_idx, device)
+            histogram = _histogram(config).fit(mu, y_train)
+            weights = histogram.weights_.float()
+        else:
+            weights = torch.full((len(train_idx),), 1.0 / len(train_idx))
+        order = train_idx[torch.multinomial(weights, len(train_idx), replacement=True,
+                                            generator=sampler_rng).numpy()]
+        steps = math.ceil(len(order) / config.batch_size)
+        listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps)
+        sums = {"loss": 0.0, "classification": 0.0, "reconstruction": 0.0, "kl": 0.0, "correct": 0}
+        model.train()
+        for chunk, x_u8 in batches(data.images, order, config.batch_size):
+            x = preprocess(x_u8.to(device, non_blocking=True))
+            if config.augment:
+                x = augment(x, sampler_rng)
+            y = y_all[chunk].to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                out = model(x, noise_rng)
+            loss = dbvae_loss(out, x, y, class_mask.to(device)[y], kl_weight=config.kl_weight,
+                              recon=config.recon, use_vae=not config.baseline)
+            if not torch.isfinite(loss.total):
+                raise errors.DebiasError(
+                    f"{run_dir}: the loss became {loss.total.item()} in epoch {epoch + 1}. "
+                    f"The last good checkpoint is kept; lower --lr and run --resume {run_dir}."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            n = len(chunk)
+            sums["loss"] += loss.total.item() * n
+            sums["classification"] += loss.classification.sum().item()
+            sums["reconstruction"] += (loss.reconstruction * loss.vae_mask).sum().item()
+            sums["kl"] += (loss.kl * loss.vae_mask).sum().item()
+            sums["correct"] += int((out.logits.argmax(1) == y).sum())
+            listener.advance(1, loss=loss.total.item(), acc=sums["correct"] / max(1, len(order)))
+        seconds = time.perf_counter() - t0
+
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / len(order),
+            "train_classification": sums["classification"] / len(order),
+            "train_reconstruction": sums["reconstruction"] / len(order),
+            "train_kl": sums["kl"] / len(order),
+            "train_acc": sums["correct"] / len(order),
+            "resampled": resampled,
+            "ess": effective_sample_size(weights),
+            "ess_fraction": effective_sample_size(weights) / len(weights),
+            "ess_by_class": ({data.classes[c]: v for c, v in histogram.ess_by_class_.items()}
+                             if resampled else None),
+            "seconds": seconds,
+            "images_per_s": len(order) / seconds,
+        }
+        record.update(_validate(model, data, val_idx, device))
+        runio.append_jsonl(run_dir / runio.METRICS, record)
+        runio.save_checkpoint(run_dir / runio.CHECKPOINT, {
+            "format": 1,
+            "debias_version": debias.__version__,
+            "epoch": epoch + 1,
+            "classes": data.classes,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if use_amp else None,
+            "sampler_rng": sampler_rng.get_state(),
+            "noise_rng": noise_rng.get_state().cpu(),
+        })
+        listener.epoch_end(record)
+
+    _write_samples(model, data, train_idx, val_idx, config, device, run_dir)
+    (run_dir / runio.CACHE).unlink(missing_ok=True)
+    return TrainResult(run_dir, model.eval(), data, runio.read_metrics(run_dir))
+
+
+def _reset(module: torch.nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+
+
+def _histogram(config: TrainConfig) -> LatentHistogram:
+    return LatentHistogram(bins=config.bins, alpha=config.alpha, combine=config.combine,
+                           ess_fraction=config.ess_fraction)
+
+
+def _validate(model: DBVAE, data: FaceData, val_idx: np.ndarray, device: torch.device) -> dict[str, Any]:
+    if len(val_idx) == 0:
+        return {"val_acc": None, "val_acc_by_group": None}
+    _, probs = compute_latents(model, data.images, val_idx, device)
+    correct = (probs.argmax(1).numpy() == data.y[val_idx])
+    return {
+        "val_acc": float(correct.mean()),
+        "val_acc_by_group": group_accuracy(data.frame.iloc[val_idx], correct, data.group_columns),
+    }
+
+
+def _write_samples(
+    model: DBVAE, data: FaceData, train_idx: np.ndarray, val_idx: np.ndarray,
+    config: TrainConfig, device: torch.device, run_dir: Path,
+) -> None:
+    """samples.csv: each image's split, label, groups, latent log-density and sampling weight."""
+    frame = data.frame.drop(columns=["split"], errors="ignore").copy()
+    frame.insert(2, "split", "")
+    frame.loc[train_idx, "split"] = "train"
+    frame.loc[val_idx, "split"] = "val"
+    frame["latent_log_density"] = np.nan
+    frame["sampling_weight"] = np.nan
+    if not config.baseline:
+        y = torch.from_numpy(data.y)
+        mu_train, _ = compute_latents(model, data.images, train_idx, device)
+        histogram = _histogram(config).fit(mu_train, y[train_idx])
+        frame.loc[train_idx, "latent_log_density"] = histogram.log_density_.numpy()
+        frame.loc[train_idx, "sampling_weight"] = histogram.weights_.numpy()
+        if len(val_idx):
+            mu_val, _ = compute_latents(model, data.images, val_idx, device)
+            frame.loc[val_idx, "latent_log_density"] = histogram.score_samples(mu_val, y[val_idx]).numpy()
+    else:
+        frame.loc[train_idx, "sampling_weight"] = 1.0 / len(train_idx)
+    runio.write_csv(run_dir / runio.SAMPLES, frame)
