@@ -79,6 +79,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option()] = None,
     latent_dim: Annotated[Optional[int], typer.Option()] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Side in pixels (multiple of 16).")] = None,
+    filters: Annotated[Optional[int], typer.Option(help="Filters of the first conv layer.")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Width of the dense layer.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="Histogram smoothing.")] = None,
     bins: Annotated[Optional[int], typer.Option(help="Histogram bins per latent dimension.")] = None,
     combine: Annotated[Optional[str], typer.Option(help="product (paper) or max (lab).")] = None,
@@ -117,8 +119,10 @@ def train(
         + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "") + ")"
     )
     if result.data.skipped:
-        console.print(f"{len(result.data.skipped)} unreadable file(s) skipped; "
-                      f"listed in {result.run_dir / 'skipped.csv'}")
+        console.print(f"{len(result.data.skipped)} unreadable file(s) skipped; all are listed in "
+                      f"{result.run_dir / 'skipped.csv'}:", markup=False, highlight=False)
+        for path, reason in result.data.skipped[:3]:
+            console.print(f"  {path}: {reason}", markup=False, highlight=False)
 
 
 def _config_from(given: dict[str, object]) -> TrainConfig:

@@ -10,7 +10,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
@@ -21,13 +20,11 @@ class RichListener:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description:>12}"),
-            BarColumn(),
+            TextColumn("[bold]{task.description:>11}"),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
             console=console,
         )
         self.task: Any = None

@@ -78,6 +78,12 @@ def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
     atomic_write(path, lambda fh: safe.to_csv(fh, index=False))
 
 
+def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
+    """Write one JSON object per line, atomically."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Rewrite ``path`` atomically with one more JSON line (it is small: one line per epoch)."""
     path = Path(path)

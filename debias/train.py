@@ -261,6 +261,10 @@ def _fit(
         sampler_rng.set_state(state["sampler_rng"])
         noise_rng.set_state(state["noise_rng"].to(noise_rng.get_state().device))
         start_epoch = state["epoch"]
+        # A kill between the checkpoint and the metrics line loses nothing, but one after an
+        # epoch's metrics and before its checkpoint would repeat that epoch: drop its line.
+        kept = [m for m in runio.read_metrics(run_dir) if m["epoch"] <= start_epoch]
+        runio.write_jsonl(run_dir / runio.METRICS, kept)
 
     runio.write_json(run_dir / runio.CONFIG, {
         "debias_version": debias.__version__,
@@ -334,7 +338,6 @@ def _fit(
             "images_per_s": len(order) / seconds,
         }
         record.update(_validate(model, data, val_idx, device))
-        runio.append_jsonl(run_dir / runio.METRICS, record)
         runio.save_checkpoint(run_dir / runio.CHECKPOINT, {
             "format": 1,
             "debias_version": debias.__version__,
@@ -346,6 +349,7 @@ def _fit(
             "sampler_rng": sampler_rng.get_state(),
             "noise_rng": noise_rng.get_state().cpu(),
         })
+        runio.append_jsonl(run_dir / runio.METRICS, record)
         listener.epoch_end(record)
 
     _write_samples(model, data, train_idx, val_idx, config, device, run_dir)

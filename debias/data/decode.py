@@ -36,7 +36,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # 16-bit and float images: PIL's convert("RGB") clips them to 255, so scale by their range.
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

@@ -255,5 +255,6 @@ def _compact(images: np.ndarray, keep: np.ndarray, chunk: int = 4096) -> np.ndar
     """Move rows ``keep`` (sorted) to the front in place, so a memory-mapped cache is never copied."""
     for start in range(0, len(keep), chunk):
         # keep[j] >= j, so each chunk reads only rows that no earlier chunk has overwritten.
-        images[start : start + chunk] = images[keep[start : start + chunk]]
+        rows = keep[start : start + chunk]
+        images[start : start + len(rows)] = images[rows]
     return images[: len(keep)]

@@ -1,0 +1,206 @@
+"""Training end to end on small real image folders: the run folder, resume, devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config
+from debias import ConfigError, ModelConfig, RunError, TrainConfig, load_model, resume, train, write_synthetic
+from debias.data import load_data
+from debias.device import select_device
+from debias.model import preprocess
+from debias.run import load_checkpoint
+
+
+def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(tiny_config(data=str(labels_dir), out=str(out), epochs=2, warmup_epochs=1))
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "checkpoint.pt", "metrics.jsonl", "samples.csv", "skipped.csv"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["classes"] == ["a", "b"]
+    assert config["data"]["group_columns"] == ["skin"]
+    assert config["train"]["model"]["latent_dim"] == 8
+    assert TrainConfig.from_dict(config["train"]).epochs == 2
+
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert [m["resampled"] for m in metrics] == [False, True]  # one warm-up epoch
+    assert metrics[0]["ess_fraction"] == pytest.approx(1.0)
+    assert 0 < metrics[1]["ess_fraction"] < 1
+    assert set(metrics[1]["val_acc_by_group"]["skin"]) <= {"dark", "light"}
+    assert result.metrics == metrics
+
+    samples = pd.read_csv(out / "samples.csv")
+    assert len(samples) == 48
+    assert samples["split"].value_counts().to_dict() == {"train": 38, "val": 10}
+    train_rows = samples[samples["split"] == "train"]
+    assert train_rows["sampling_weight"].sum() == pytest.approx(1.0)
+    assert samples["latent_log_density"].notna().all()
+    assert {"path", "label", "skin", "age"} <= set(samples.columns)
+
+
+def test_model_loads_and_predicts(labels_dir: Path, tmp_path: Path) -> None:
+    # 12 epochs of 5 steps: enough updates for BatchNorm's running statistics to settle.
+    result = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "run"), epochs=12,
+                               batch_size=8, lr=3e-3))
+    model, config = load_model(tmp_path / "run")
+    data = load_data(labels_dir, image_size=16)
+    probs = model.predict_proba(preprocess(torch.from_numpy(data.images)))
+    accuracy = (probs.argmax(1).numpy() == data.y).mean()
+    assert accuracy >= 0.9  # the two classes differ by a bright square
+    assert result.metrics[-1]["train_acc"] >= 0.8
+
+
+def test_baseline_samples_uniformly(labels_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    result = train(tiny_config(data=str(labels_dir), out=str(out), baseline=True))
+    assert all(not m["resampled"] and m["ess_fraction"] == pytest.approx(1.0) for m in result.metrics)
+    assert all(m["train_reconstruction"] > 0 for m in result.metrics)  # reported, not trained on
+    samples = pd.read_csv(out / "samples.csv")
+    assert samples.loc[samples["split"] == "train", "sampling_weight"].nunique() == 1
+
+
+def test_unreadable_files_are_listed_and_skipped(class_folders: Path, tmp_path: Path) -> None:
+    (class_folders / "face" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "run"
+    train(tiny_config(data=str(class_folders), out=str(out), epochs=1))
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["path"].str.endswith("broken.jpg").tolist() == [True]
+    assert len(pd.read_csv(out / "samples.csv")) == 40
+
+
+def test_vae_models_faces_only_for_detection(class_folders: Path, tmp_path: Path) -> None:
+    train(tiny_config(data=str(class_folders), out=str(tmp_path / "r"), epochs=1))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["data"]["positive_class"] == "face"
+
+
+def test_vae_on_positive_needs_a_positive_class(labels_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--positive-class"):
+        train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), vae_on="positive"))
+    result = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "s"), vae_on="positive",
+                               positive_class="a", epochs=1))
+    assert result.metrics[0]["train_kl"] > 0
+
+
+def test_an_existing_run_is_not_overwritten(labels_dir: Path, tmp_path: Path) -> None:
+    train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), epochs=1))
+    with pytest.raises(RunError, match=r"already holds a run. Pass --resume"):
+        train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), epochs=1))
+    with pytest.raises(RunError, match=r"already finished all 1 epochs"):
+        resume(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("epochs", 0, "epochs"), ("bins", -1, "bins"), ("alpha", 0.0, "alpha"),
+     ("combine", "sum", "combine"), ("device", "tpu", "device")],
+)
+def test_invalid_options(labels_dir: Path, tmp_path: Path, field: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), **{field: value}))
+
+
+def test_image_size_must_suit_the_encoder(labels_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"))
+    config.model.image_size = 40
+    with pytest.raises(ConfigError, match=r"multiple of 16"):
+        train(config)
+
+
+def test_same_seed_same_weights(labels_dir: Path, tmp_path: Path) -> None:
+    a = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "a"), seed=3))
+    b = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "b"), seed=3))
+    c = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "c"), seed=4))
+    sa, sb, sc = (m.model.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_rare_faces_get_higher_sampling_weight(tmp_path: Path) -> None:
+    """On the skewed synthetic set, the label-free resampler upweights the rare dark-skinned faces."""
+    write_synthetic(tmp_path / "synth", n_faces=800, n_non_faces=300, dark_fraction=0.1, size=32)
+    out = tmp_path / "run"
+    config = tiny_config(data=str(tmp_path / "synth"), out=str(out), epochs=8, warmup_epochs=1,
+                         batch_size=32)
+    config.model = ModelConfig(image_size=32, latent_dim=16, filters=8, hidden=64)
+    train(config)
+    samples = pd.read_csv(out / "samples.csv")
+    faces = samples[(samples["label"] == "face") & (samples["split"] == "train")]
+    by_tone = faces.groupby("skin_tone")["sampling_weight"].mean()
+    assert by_tone["dark"] > 2 * by_tone["light"]
+    density = faces.groupby("skin_tone")["latent_log_density"].mean()
+    assert density["dark"] < density["light"]
+
+
+def _debias() -> list[str]:
+    return [str(Path(sys.executable).parent / "debias")]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
+    write_synthetic(tmp_path / "synth", n_faces=300, n_non_faces=300, size=32, seed=1)
+    args = ["train", "--data", str(tmp_path / "synth"), "--epochs", "8", "--image-size", "32",
+            "--latent-dim", "8", "--filters", "4", "--hidden", "32", "--device", "cpu",
+            "--batch-size", "16", "--seed", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(_debias() + args + ["--out", str(whole)], check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_debias() + args + ["--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = cut / "metrics.jsonl"
+    rng = np.random.default_rng()
+    target_epoch = int(rng.integers(1, 4))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= target_epoch:
+            time.sleep(float(rng.uniform(0, 0.2)))  # land somewhere inside the next epoch
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(cut / "checkpoint.pt")["epoch"]
+    assert killed_at < 8, "the run finished before it could be killed"
+    # Whatever the kill interrupted, the files in place are whole (writes are temp + rename).
+    assert all(json.loads(line)["epoch"] <= killed_at for line in metrics.read_text().splitlines())
+
+    done = subprocess.run(_debias() + ["train", "--resume", str(cut)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a = load_checkpoint(whole / "checkpoint.pt")
+    b = load_checkpoint(cut / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 8
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    lines = [json.loads(x)["epoch"] for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert lines == list(range(1, 9))
+
+
+def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert select_device("auto").type == "cuda"
+    assert select_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"only 1 CUDA device"):
+        select_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device("auto").type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto").type == "cpu"
+    assert select_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match=r"--device 'cuda' .*\(no cuda device available\)"):
+        select_device("cuda")
+    with pytest.raises(ConfigError, match=r"unknown device name"):
+        select_device("gpu9")
