@@ -73,6 +73,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<date-time>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
     baseline: Annotated[bool, typer.Option(help="Train the plain classifier instead.")] = False,
+    balance_groups: Annotated[Optional[str], typer.Option(
+        help="Resample by these group columns instead (reads group labels; the oracle).")] = None,
     strict: Annotated[bool, typer.Option(help="Fail on unreadable files instead of skipping.")] = False,
     epochs: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
@@ -133,8 +135,9 @@ def _config_from(given: dict[str, object]) -> TrainConfig:
     for key in ("data", "labels", "out"):
         if key in values:
             values[key] = str(values[key])
-    if "groups" in values:
-        values["groups"] = [g.strip() for g in str(values["groups"]).split(",") if g.strip()]
+    for key in ("groups", "balance_groups"):
+        if key in values:
+            values[key] = [g.strip() for g in str(values[key]).split(",") if g.strip()]
     if values.get("ess_fraction") == 0:
         values["ess_fraction"] = None
     model = ModelConfig(**{k: v for k, v in values.items() if k in model_fields})

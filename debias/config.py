@@ -56,6 +56,9 @@ class TrainConfig:
 
     # Method
     baseline: bool = False  # plain classifier: no VAE loss, uniform sampling
+    # Resample so each group combination weighs the same within its class. It reads group labels:
+    # for users who have them, and for the oracle the label-free DB-VAE is benchmarked against.
+    balance_groups: list[str] | None = None
     vae_on: VaeOn = "auto"  # auto: "positive" when a class is called "face" (detection), else "all"
     positive_class: str | None = None  # the class the VAE models with vae_on="positive"
     kl_weight: float = 5e-4  # the lab's value: a weak KL keeps latents informative

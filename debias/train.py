@@ -115,6 +115,21 @@ def group_accuracy(frame: pd.DataFrame, correct: np.ndarray, columns: list[str])
     return out
 
 
+def group_balanced_weights(frame: pd.DataFrame, columns: list[str], y: np.ndarray) -> torch.Tensor:
+    """Sampling weights that give every combination of ``columns`` equal weight within its class.
+
+    Each class keeps its share of the data; rows with an empty group value form a cell of their own.
+    """
+    cell = frame[columns].astype(str).agg("|".join, axis=1).to_numpy()
+    key = pd.Series(y.astype(str)) + "#" + pd.Series(cell)
+    cell_size = key.map(key.value_counts()).to_numpy(np.float64)
+    cells_per_class = pd.Series(key.unique()).str.split("#").str[0].value_counts()
+    class_size = np.bincount(y).astype(np.float64)
+    n_cells = pd.Series(y.astype(str)).map(cells_per_class).to_numpy(np.float64)
+    w = class_size[y] / len(y) / n_cells / cell_size
+    return torch.from_numpy(w / w.sum()).float()
+
+
 def split_indices(data: FaceData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation indices: the data set's own partition, else stratified by class."""
     if "split" in data.frame.columns:
@@ -236,6 +251,10 @@ def _fit(
         log.warning("%d file(s) skipped as unreadable; listed in %s", len(data.skipped),
                     run_dir / runio.SKIPPED)
     runio.write_csv(run_dir / runio.SKIPPED, pd.DataFrame(data.skipped, columns=["path", "reason"]))
+    for column in config.balance_groups or []:
+        if column not in data.frame.columns:
+            raise errors.DataError(errors.UNKNOWN_GROUP.format(
+                group=column, columns=", ".join(data.frame.columns[2:]) or "none"))
     train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
     class_mask, positive = vae_mask_for(config, data.classes)
 
@@ -279,11 +298,14 @@ def _fit(
 
     y_all = torch.from_numpy(data.y)
     y_train = y_all[train_idx]
-    histogram = None
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        resampled = not config.baseline and epoch >= config.warmup_epochs
-        if resampled:
+        resampled = bool(config.balance_groups) or (
+            not config.baseline and epoch >= config.warmup_epochs)
+        if config.balance_groups:
+            weights = group_balanced_weights(data.frame.iloc[train_idx], config.balance_groups,
+                                             data.y[train_idx])
+        elif resampled:
             mu, _ = compute_latents(model, data.images, train_idx, device)
             histogram = _histogram(config).fit(mu, y_train)
             weights = histogram.weights_.float()
@@ -332,8 +354,10 @@ def _fit(
             "resampled": resampled,
             "ess": effective_sample_size(weights),
             "ess_fraction": effective_sample_size(weights) / len(weights),
-            "ess_by_class": ({data.classes[c]: v for c, v in histogram.ess_by_class_.items()}
-                             if resampled else None),
+            "ess_by_class": {
+                name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
+                for c, name in enumerate(data.classes) if (y_train == c).any()
+            },
             "seconds": seconds,
             "images_per_s": len(order) / seconds,
         }

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from debias import ConfigError, ModelConfig, RunError, TrainConfig, load_model, resume, train, write_synthetic
+from debias import ConfigError, DataError, ModelConfig, RunError, TrainConfig, load_model, resume, train, write_synthetic
 from debias.data import load_data
 from debias.device import select_device
+from debias.train import group_balanced_weights
 from debias.model import preprocess
 from debias.run import load_checkpoint
 
@@ -204,3 +205,21 @@ def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         select_device("cuda")
     with pytest.raises(ConfigError, match=r"unknown device name"):
         select_device("gpu9")
+
+
+def test_group_balanced_weights_equalise_cells_within_each_class() -> None:
+    frame = pd.DataFrame({"race": ["w"] * 8 + ["b"] * 2 + ["w"] * 4 + ["b"] * 4 + [""] * 2})
+    y = np.array([0] * 10 + [1] * 10)
+    w = group_balanced_weights(frame, ["race"], y).numpy()
+    assert w.sum() == pytest.approx(1.0)
+    assert w[:10].sum() == pytest.approx(0.5) and w[10:].sum() == pytest.approx(0.5)
+    assert w[:8].sum() == pytest.approx(w[8:10].sum())  # white and black cells of class 0 equal
+    assert w[10:14].sum() == pytest.approx(w[14:18].sum()) == pytest.approx(w[18:].sum())
+
+
+def test_oracle_run_reads_the_group_column(labels_dir: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "o"), baseline=True,
+                               balance_groups=["skin"], epochs=1))
+    assert result.metrics[0]["resampled"] and result.metrics[0]["ess_fraction"] < 1
+    with pytest.raises(DataError, match=r"--groups 'tone' is not a column"):
+        train(tiny_config(data=str(labels_dir), out=str(tmp_path / "p"), balance_groups=["tone"]))
