@@ -84,13 +84,6 @@ def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> 
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
-def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Rewrite ``path`` atomically with one more JSON line (it is small: one line per epoch)."""
-    path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    atomic_write(path, lambda fh: fh.write(old + (json.dumps(record) + "\n").encode()))
-
-
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The per-epoch records of a run, oldest first."""
     path = Path(run_dir) / METRICS

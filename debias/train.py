@@ -8,6 +8,7 @@ Devices live here and in ``debias.device``; the model and the resampler do not k
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -258,15 +259,15 @@ def _fit(
     train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
     class_mask, positive = vae_mask_for(config, data.classes)
 
-    model = DBVAE(len(data.classes), config.model).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeds the initial weights, not the caller's RNG
+        torch.manual_seed(config.seed)
+        model = DBVAE(len(data.classes), config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler_rng = torch.Generator().manual_seed(config.seed)  # epoch sampling and augmentation
     noise_rng = torch.Generator(device).manual_seed(config.seed + 1)  # VAE reparameterisation
-    torch.manual_seed(config.seed)  # weight initialisation only: the model draws from the global RNG
-    model.apply(_reset)
-    start_epoch = 0
+    start_epoch, history = 0, []
     if state is not None:
         if state["classes"] != data.classes:
             raise errors.RunError(
@@ -279,11 +280,10 @@ def _fit(
             scaler.load_state_dict(state["scaler"])
         sampler_rng.set_state(state["sampler_rng"])
         noise_rng.set_state(state["noise_rng"].to(noise_rng.get_state().device))
-        start_epoch = state["epoch"]
-        # A kill between the checkpoint and the metrics line loses nothing, but one after an
-        # epoch's metrics and before its checkpoint would repeat that epoch: drop its line.
-        kept = [m for m in runio.read_metrics(run_dir) if m["epoch"] <= start_epoch]
-        runio.write_jsonl(run_dir / runio.METRICS, kept)
+        start_epoch, history = state["epoch"], json.loads(state["metrics"])
+        # The checkpoint carries the metrics of its epochs: a kill just before or after the
+        # metrics file was updated neither loses a line nor repeats one.
+        runio.write_jsonl(run_dir / runio.METRICS, history)
 
     runio.write_json(run_dir / runio.CONFIG, {
         "debias_version": debias.__version__,
@@ -311,11 +311,13 @@ def _fit(
             weights = histogram.weights_.float()
         else:
             weights = torch.full((len(train_idx),), 1.0 / len(train_idx))
+        ess_fraction = effective_sample_size(weights) / len(weights)
         order = train_idx[torch.multinomial(weights, len(train_idx), replacement=True,
                                             generator=sampler_rng).numpy()]
         steps = math.ceil(len(order) / config.batch_size)
         listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps)
-        sums = {"loss": 0.0, "classification": 0.0, "reconstruction": 0.0, "kl": 0.0, "correct": 0}
+        sums = {"loss": 0.0, "classification": 0.0, "reconstruction": 0.0, "kl": 0.0,
+                "correct": 0, "seen": 0}
         model.train()
         for chunk, x_u8 in batches(data.images, order, config.batch_size):
             x = preprocess(x_u8.to(device, non_blocking=True))
@@ -341,7 +343,9 @@ def _fit(
             sums["reconstruction"] += (loss.reconstruction * loss.vae_mask).sum().item()
             sums["kl"] += (loss.kl * loss.vae_mask).sum().item()
             sums["correct"] += int((out.logits.argmax(1) == y).sum())
-            listener.advance(1, loss=loss.total.item(), acc=sums["correct"] / max(1, len(order)))
+            sums["seen"] += n
+            listener.advance(1, loss=loss.total.item(), acc=sums["correct"] / sums["seen"],
+                             ess=ess_fraction)
         seconds = time.perf_counter() - t0
 
         record = {
@@ -352,8 +356,8 @@ def _fit(
             "train_kl": sums["kl"] / len(order),
             "train_acc": sums["correct"] / len(order),
             "resampled": resampled,
-            "ess": effective_sample_size(weights),
-            "ess_fraction": effective_sample_size(weights) / len(weights),
+            "ess": ess_fraction * len(weights),
+            "ess_fraction": ess_fraction,
             "ess_by_class": {
                 name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
                 for c, name in enumerate(data.classes) if (y_train == c).any()
@@ -362,6 +366,7 @@ def _fit(
             "images_per_s": len(order) / seconds,
         }
         record.update(_validate(model, data, val_idx, device))
+        history.append(record)
         runio.save_checkpoint(run_dir / runio.CHECKPOINT, {
             "format": 1,
             "debias_version": debias.__version__,
@@ -372,18 +377,14 @@ def _fit(
             "scaler": scaler.state_dict() if use_amp else None,
             "sampler_rng": sampler_rng.get_state(),
             "noise_rng": noise_rng.get_state().cpu(),
+            "metrics": json.dumps(history),
         })
-        runio.append_jsonl(run_dir / runio.METRICS, record)
+        runio.write_jsonl(run_dir / runio.METRICS, history)
         listener.epoch_end(record)
 
     _write_samples(model, data, train_idx, val_idx, config, device, run_dir)
     (run_dir / runio.CACHE).unlink(missing_ok=True)
-    return TrainResult(run_dir, model.eval(), data, runio.read_metrics(run_dir))
-
-
-def _reset(module: torch.nn.Module) -> None:
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
+    return TrainResult(run_dir, model.eval(), data, history)
 
 
 def _histogram(config: TrainConfig) -> LatentHistogram:
