@@ -44,7 +44,7 @@ class Method:
 # The lab's recipe pins every resampling field, so changing the project's defaults never
 # changes what "lab" means.
 LAB = dict(combine="max", bins=10, alpha=1e-3, ess_fraction=None, warmup_epochs=0,
-           kl_weight=5e-4, recon="l1", batch_size=32, lr=5e-4)
+           kl_weight=5e-4, recon="l1", batch_size=32, lr=5e-4, lr_schedule="constant")
 METHODS = {
     "erm": Method("plain classifier (ERM, --baseline)", dict(baseline=True)),
     "oracle": Method("resample by true race x gender (reads group labels)",
@@ -60,7 +60,7 @@ def _cells(frame: Any) -> Any:
 
 
 def run_one(data_dir: str, task: str, method: str, seed: int, epochs: int, out: str,
-            threads: int) -> dict[str, Any]:
+            threads: int, command: str) -> dict[str, Any]:
     """Train one method on one task with one seed and score it on the test split."""
     import torch
 
@@ -91,7 +91,7 @@ def run_one(data_dir: str, task: str, method: str, seed: int, epochs: int, out: 
     resampled = [m for m in result.metrics if m["resampled"]]
     train_seconds = sum(m["seconds"] for m in result.metrics)
     record = {
-        "task": task, "method": method, "seed": seed, "epochs": epochs,
+        "task": task, "method": method, "seed": seed, "epochs": epochs, "command": command,
         "config": config.to_dict(),
         "cells": per_cell,
         "mean": float(acc.mean()), "worst": float(acc.min()),
@@ -122,21 +122,24 @@ def _paired(a: list[float], b: list[float]) -> str:
     return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{mark}"
 
 
-def write_report(out: Path, command: str) -> None:
-    """Aggregate every result JSON under ``out`` into RESULTS.md and results.json."""
+def write_report(out: Path, command: str, target: Path) -> None:
+    """Aggregate every result JSON under ``out`` into ``target``/RESULTS.md and results.json."""
     records = [json.loads(p.read_text()) for p in sorted((out / "results").rglob("*.json"))]
-    lines = ["# Benchmark results", "", "Produced by:", "", "```", command, "```", "",
+    commands = sorted({r.get("command", command) for r in records})
+    lines = ["# Benchmark results", "", "Produced by (each result records its command):", "",
+             "```", *commands, "```", "",
              "Mean ± std over seeds. Cells are race x gender on the test split; variance is across "
              "cells in percent squared (the paper's bias measure). Paired differences are against "
              "ERM with the same seed: mean [95% t-interval]; * marks an interval that excludes 0.",
              ""]
-    summary: dict[str, Any] = {"command": command, "tasks": {}}
+    summary: dict[str, Any] = {"commands": commands, "tasks": {}}
     for task in TASKS:
         rows = [r for r in records if r["task"] == task]
         if not rows:
             continue
         erm = {r["seed"]: r for r in rows if r["method"] == "erm"}
         lines += [f"## {task}", "",
+                  f"Epochs: {sorted({r['epochs'] for r in rows})}.", "",
                   "| method | seeds | mean | worst cell | variance | FPR non-face | ESS | s/run | img/s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         summary["tasks"][task] = {}
@@ -184,7 +187,6 @@ def write_report(out: Path, command: str) -> None:
         lines.append("")
     lines += ["## Methods", ""] + [f"- `{k}`: {m.description}; overrides `{m.overrides}`"
                                     for k, m in METHODS.items()]
-    target = Path(__file__).parent
     (target / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (target / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -193,14 +195,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the shared data folder (../shared/data)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=JSON,...",
+                        help="an extra method: the default with these TrainConfig fields changed, "
+                             "e.g. ess30:ess_fraction=0.3 (repeatable)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--report-dir", default=str(Path(__file__).parent),
+                        help="where RESULTS.md and results.json go")
     args = parser.parse_args()
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        overrides = {k: json.loads(v) for k, v in (a.split("=", 1) for a in assignments.split(","))}
+        METHODS[name] = Method(f"default with {overrides}", overrides)
+        args.methods.append(name)
     data = Path(args.data)
     for task in args.tasks:
         for name in TASKS[task]:
@@ -218,7 +230,8 @@ def main() -> None:
                         jobs.append((task, method, seed, path))
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = [(pool.submit(run_one, str(data), t, m, s, args.epochs, str(out), threads), p)
+            futures = [(pool.submit(run_one, str(data), t, m, s, args.epochs, str(out), threads,
+                                    command), p)
                        for t, m, s, p in jobs]
             for future, path in futures:
                 record = future.result()
@@ -227,7 +240,7 @@ def main() -> None:
                 print(f"{record['task']:10} {record['method']:8} seed {record['seed']}: "
                       f"mean {record['mean']:.3f} worst {record['worst']:.3f} "
                       f"var {record['variance']:.1f} ({record['wall_seconds']:.0f} s)", flush=True)
-    write_report(out, command)
+    write_report(out, command, Path(args.report_dir))
 
 
 if __name__ == "__main__":

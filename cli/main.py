@@ -79,6 +79,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option()] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine or constant.")] = None,
     latent_dim: Annotated[Optional[int], typer.Option()] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Side in pixels (multiple of 16).")] = None,
     filters: Annotated[Optional[int], typer.Option(help="Filters of the first conv layer.")] = None,

@@ -14,6 +14,7 @@ from debias import errors
 Combine = Literal["product", "max"]
 VaeOn = Literal["auto", "all", "positive"]
 Recon = Literal["l1", "l2"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32  # the lab's batch
     lr: float = 5e-4  # the lab's Adam step
+    lr_schedule: LrSchedule = "cosine"  # decay to 0 by the last step: a less noisy final model
     augment: bool = True  # flip, colour jitter, +-4 px shift: upweighted rare faces are not memorised
     val_fraction: float = 0.1  # stratified by class; a data set's own val partition wins
     seed: int = 0
@@ -107,7 +109,8 @@ class TrainConfig:
             raise errors.ConfigError(errors.BAD_OPTION.format(
                 option="warmup-epochs", value=self.warmup_epochs, problem="must not be negative",
                 fix="Pass 0 or more."))
-        for name, allowed in (("combine", Combine), ("vae_on", VaeOn), ("recon", Recon)):
+        for name, allowed in (("combine", Combine), ("vae_on", VaeOn), ("recon", Recon),
+                              ("lr_schedule", LrSchedule)):
             if getattr(self, name) not in allowed.__args__:
                 raise errors.ConfigError(errors.BAD_OPTION.format(
                     option=name.replace("_", "-"), value=getattr(self, name),

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -263,6 +263,9 @@ def _fit(
         torch.manual_seed(config.seed)
         model = DBVAE(len(data.classes), config.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler_rng = torch.Generator().manual_seed(config.seed)  # epoch sampling and augmentation
@@ -276,6 +279,7 @@ def _fit(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         sampler_rng.set_state(state["sampler_rng"])
@@ -307,15 +311,13 @@ def _fit(
                                              data.y[train_idx])
         elif resampled:
             mu, _ = compute_latents(model, data.images, train_idx, device)
-            histogram = _histogram(config).fit(mu, y_train)
-            weights = histogram.weights_.float()
+            weights = latent_weights(_histogram(config).fit(mu, y_train), y_train, class_mask)
         else:
             weights = torch.full((len(train_idx),), 1.0 / len(train_idx))
         ess_fraction = effective_sample_size(weights) / len(weights)
         order = train_idx[torch.multinomial(weights, len(train_idx), replacement=True,
                                             generator=sampler_rng).numpy()]
-        steps = math.ceil(len(order) / config.batch_size)
-        listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps)
+        listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch)
         sums = {"loss": 0.0, "classification": 0.0, "reconstruction": 0.0, "kl": 0.0,
                 "correct": 0, "seen": 0}
         model.train()
@@ -337,6 +339,7 @@ def _fit(
             scaler.scale(loss.total).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             n = len(chunk)
             sums["loss"] += loss.total.item() * n
             sums["classification"] += loss.classification.sum().item()
@@ -364,6 +367,7 @@ def _fit(
             },
             "seconds": seconds,
             "images_per_s": len(order) / seconds,
+            "lr": scheduler.get_last_lr()[0],
         }
         record.update(_validate(model, data, val_idx, device))
         history.append(record)
@@ -374,6 +378,7 @@ def _fit(
             "classes": data.classes,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if use_amp else None,
             "sampler_rng": sampler_rng.get_state(),
             "noise_rng": noise_rng.get_state().cpu(),
@@ -385,6 +390,26 @@ def _fit(
     _write_samples(model, data, train_idx, val_idx, config, device, run_dir)
     (run_dir / runio.CACHE).unlink(missing_ok=True)
     return TrainResult(run_dir, model.eval(), data, history)
+
+
+def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+    if schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def latent_weights(histogram: LatentHistogram, y: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
+    """The histogram's weights for the classes the VAE models; uniform within the other classes.
+
+    Latents of classes the VAE does not model (non-faces in detection) carry no density to
+    debias by, so those classes are sampled uniformly, keeping their share.
+    """
+    weights = histogram.weights_.clone()
+    for c in torch.unique(y).tolist():
+        if class_mask[c] == 0:
+            members = y == c
+            weights[members] = 1.0 / len(y)
+    return weights.float()
 
 
 def _histogram(config: TrainConfig) -> LatentHistogram:
@@ -419,7 +444,8 @@ def _write_samples(
         mu_train, _ = compute_latents(model, data.images, train_idx, device)
         histogram = _histogram(config).fit(mu_train, y[train_idx])
         frame.loc[train_idx, "latent_log_density"] = histogram.log_density_.numpy()
-        frame.loc[train_idx, "sampling_weight"] = histogram.weights_.numpy()
+        frame.loc[train_idx, "sampling_weight"] = latent_weights(
+            histogram, y[train_idx], vae_mask_for(config, data.classes)[0]).numpy()
         if len(val_idx):
             mu_val, _ = compute_latents(model, data.images, val_idx, device)
             frame.loc[val_idx, "latent_log_density"] = histogram.score_samples(mu_val, y[val_idx]).numpy()

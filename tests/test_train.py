@@ -41,6 +41,7 @@ def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None
     assert metrics[0]["ess_fraction"] == pytest.approx(1.0)
     assert 0 < metrics[1]["ess_fraction"] < 1
     assert set(metrics[1]["val_acc_by_group"]["skin"]) <= {"dark", "light"}
+    assert 0 < metrics[0]["lr"] < 5e-4 and metrics[1]["lr"] == pytest.approx(0, abs=1e-12)  # cosine
     assert result.metrics == metrics
 
     samples = pd.read_csv(out / "samples.csv")
@@ -223,3 +224,15 @@ def test_oracle_run_reads_the_group_column(labels_dir: Path, tmp_path: Path) -> 
     assert result.metrics[0]["resampled"] and result.metrics[0]["ess_fraction"] < 1
     with pytest.raises(DataError, match=r"--groups 'tone' is not a column"):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "p"), balance_groups=["tone"]))
+
+
+def test_classes_the_vae_does_not_model_are_sampled_uniformly(class_folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    train(tiny_config(data=str(class_folders), out=str(out), epochs=1))
+    samples = pd.read_csv(out / "samples.csv")
+    rows = samples[samples["split"] == "train"]
+    non_faces = rows.loc[rows["label"] == "not_face", "sampling_weight"]
+    faces = rows.loc[rows["label"] == "face", "sampling_weight"]
+    assert non_faces.nunique() == 1 and faces.nunique() > 1
+    assert non_faces.sum() == pytest.approx(len(non_faces) / len(rows))
+    assert faces.sum() == pytest.approx(len(faces) / len(rows))
