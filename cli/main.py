@@ -90,6 +90,8 @@ def train(
     ess_fraction: Annotated[Optional[float], typer.Option(
         help="Keep this effective sample share per class (0 turns it off).")] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option()] = None,
+    density_components: Annotated[Optional[int], typer.Option(
+        help="Histogram this many principal axes of the latents instead of every dimension.")] = None,
     kl_weight: Annotated[Optional[float], typer.Option()] = None,
     vae_on: Annotated[Optional[str], typer.Option(help="auto, all or positive.")] = None,
     positive_class: Annotated[Optional[str], typer.Option()] = None,

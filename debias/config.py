@@ -69,6 +69,7 @@ class TrainConfig:
     combine: Combine = "product"  # the paper's rule (in log space); "max" is the lab's
     ess_fraction: float | None = 0.5  # temperature so each class keeps this effective sample share
     warmup_epochs: int = 1  # uniform sampling until the latents mean something
+    density_components: int | None = None  # histogram this many principal axes, not raw dims
 
     # Optimisation
     epochs: int = 10

@@ -75,13 +75,19 @@ class LatentHistogram:
         class keeps at least this share of its size as effective sample size. Over 100 dimensions
         the raw product rule can collapse onto a handful of samples; this keeps it useful without
         hand-tuning ``alpha``.
+    n_components : int or None
+        If set, histogram the latent means' top principal components (per class) instead of the
+        raw dimensions: fewer, decorrelated axes suit the product rule's independence assumption.
 
     Attributes
     ----------
     classes_ : torch.Tensor
         Class indices seen in ``fit``.
     lo_, hi_ : torch.Tensor
-        Per-class histogram range, ``(n_classes, K)``.
+        Per-class histogram range, ``(n_classes, K')``.
+    center_, axes_ : torch.Tensor
+        Per-class centre ``(n_classes, K)`` and projection ``(n_classes, K, K')`` of the latents
+        (zero and the identity unless ``n_components`` is set).
     log_prob_ : torch.Tensor
         Per-class log bin probabilities, ``(n_classes, K, bins)``.
     weights_ : torch.Tensor
@@ -110,11 +116,13 @@ class LatentHistogram:
         alpha: float = 1e-3,
         combine: Combine = "product",
         ess_fraction: float | None = None,
+        n_components: int | None = None,
     ) -> None:
         self.bins = bins
         self.alpha = alpha
         self.combine = combine
         self.ess_fraction = ess_fraction
+        self.n_components = n_components
 
     def fit(self, mu: torch.Tensor, y: torch.Tensor | None = None) -> LatentHistogram:
         """Fit histograms to latent means ``mu`` ``(N, K)`` of classes ``y`` ``(N,)``; return self."""
@@ -122,13 +130,15 @@ class LatentHistogram:
         y = torch.zeros(len(mu), dtype=torch.long, device=mu.device) if y is None else y.long()
         self.classes_ = torch.unique(y)
         n = len(mu)
-        lo, hi, log_probs = [], [], []
+        lo, hi, log_probs, centers, axes = [], [], [], [], []
         weights = torch.zeros(n, dtype=torch.float64, device=mu.device)
         log_density = torch.zeros(n, dtype=torch.float64, device=mu.device)
         self.power_, self.ess_by_class_ = {}, {}
         for c in self.classes_.tolist():
             members = (y == c).nonzero().squeeze(1)
             m = mu[members]  # (Nc, K)
+            center, basis = self._axes(m)
+            m = (m - center) @ basis  # (Nc, K')
             c_lo, c_hi = m.min(dim=0).values, m.max(dim=0).values
             idx = _bin_index(m, c_lo, c_hi, self.bins)  # (Nc, K)
             log_prob = _histogram_log_prob(idx, self.bins, self.alpha)  # (K, bins)
@@ -147,12 +157,24 @@ class LatentHistogram:
             lo.append(c_lo)
             hi.append(c_hi)
             log_probs.append(log_prob)
+            centers.append(center)
+            axes.append(basis)
         self.lo_, self.hi_ = torch.stack(lo), torch.stack(hi)
+        self.center_, self.axes_ = torch.stack(centers), torch.stack(axes)
         self.log_prob_ = torch.stack(log_probs)
         self.weights_ = weights
         self.log_density_ = log_density
         self.ess_ = effective_sample_size(weights)
         return self
+
+    def _axes(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre and projection ``(K, K')``: the identity, or the top principal axes."""
+        k = m.shape[1]
+        if self.n_components is None or self.n_components >= min(k, len(m)):
+            return torch.zeros(k, device=m.device), torch.eye(k, device=m.device)
+        center = m.mean(dim=0)
+        _, _, vh = torch.linalg.svd(m - center, full_matrices=False)  # vh: (min(N, K), K)
+        return center, vh[: self.n_components].T
 
     def score_samples(self, mu: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Histogram log-density ``(N,)`` of new latent means under their class's histograms.
@@ -164,7 +186,8 @@ class LatentHistogram:
         out = torch.empty(len(mu), dtype=torch.float64, device=mu.device)
         for row, c in enumerate(self.classes_.tolist()):
             members = (y == c).nonzero().squeeze(1)
-            idx = _bin_index(mu[members], self.lo_[row], self.hi_[row], self.bins)
+            projected = (mu[members] - self.center_[row]) @ self.axes_[row]
+            idx = _bin_index(projected, self.lo_[row], self.hi_[row], self.bins)
             out[members] = _gather(self.log_prob_[row], idx).sum(dim=1)
         return out
 

@@ -29,7 +29,7 @@ from debias.augment import augment
 from debias.config import TrainConfig
 from debias.data import FaceData, load_data
 from debias.device import select_device
-from debias.model import DBVAE, dbvae_loss, preprocess
+from debias.model import DBVAE, Loss, dbvae_loss, preprocess
 from debias.resample import LatentHistogram, effective_sample_size
 
 log = logging.getLogger(__name__)
@@ -300,32 +300,22 @@ def _fit(
         "device": str(device),
     })
 
-    y_all = torch.from_numpy(data.y)
-    y_train = y_all[train_idx]
+    y_train = torch.from_numpy(data.y[train_idx])
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        resampled = bool(config.balance_groups) or (
-            not config.baseline and epoch >= config.warmup_epochs)
-        if config.balance_groups:
-            weights = group_balanced_weights(data.frame.iloc[train_idx], config.balance_groups,
-                                             data.y[train_idx])
-        elif resampled:
-            mu, _ = compute_latents(model, data.images, train_idx, device)
-            weights = latent_weights(_histogram(config).fit(mu, y_train), y_train, class_mask)
-        else:
-            weights = torch.full((len(train_idx),), 1.0 / len(train_idx))
+        weights, resampled = _epoch_weights(config, epoch, model, data, train_idx, class_mask, device)
         ess_fraction = effective_sample_size(weights) / len(weights)
         order = train_idx[torch.multinomial(weights, len(train_idx), replacement=True,
                                             generator=sampler_rng).numpy()]
         listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch)
+        model.train()
         sums = {"loss": 0.0, "classification": 0.0, "reconstruction": 0.0, "kl": 0.0,
                 "correct": 0, "seen": 0}
-        model.train()
         for chunk, x_u8 in batches(data.images, order, config.batch_size):
             x = preprocess(x_u8.to(device, non_blocking=True))
             if config.augment:
                 x = augment(x, sampler_rng)
-            y = y_all[chunk].to(device)
+            y = torch.from_numpy(data.y[chunk]).to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 out = model(x, noise_rng)
             loss = dbvae_loss(out, x, y, class_mask.to(device)[y], kl_weight=config.kl_weight,
@@ -340,24 +330,15 @@ def _fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            n = len(chunk)
-            sums["loss"] += loss.total.item() * n
-            sums["classification"] += loss.classification.sum().item()
-            sums["reconstruction"] += (loss.reconstruction * loss.vae_mask).sum().item()
-            sums["kl"] += (loss.kl * loss.vae_mask).sum().item()
-            sums["correct"] += int((out.logits.argmax(1) == y).sum())
-            sums["seen"] += n
+            _accumulate(sums, loss, out.logits, y)
             listener.advance(1, loss=loss.total.item(), acc=sums["correct"] / sums["seen"],
                              ess=ess_fraction)
         seconds = time.perf_counter() - t0
 
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": sums["loss"] / len(order),
-            "train_classification": sums["classification"] / len(order),
-            "train_reconstruction": sums["reconstruction"] / len(order),
-            "train_kl": sums["kl"] / len(order),
-            "train_acc": sums["correct"] / len(order),
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record.update({f"train_{k}": v / sums["seen"] for k, v in sums.items() if k != "seen"})
+        record["train_acc"] = record.pop("train_correct")
+        record.update({
             "resampled": resampled,
             "ess": ess_fraction * len(weights),
             "ess_fraction": ess_fraction,
@@ -368,7 +349,7 @@ def _fit(
             "seconds": seconds,
             "images_per_s": len(order) / seconds,
             "lr": scheduler.get_last_lr()[0],
-        }
+        })
         record.update(_validate(model, data, val_idx, device))
         history.append(record)
         runio.save_checkpoint(run_dir / runio.CHECKPOINT, {
@@ -387,9 +368,35 @@ def _fit(
         runio.write_jsonl(run_dir / runio.METRICS, history)
         listener.epoch_end(record)
 
-    _write_samples(model, data, train_idx, val_idx, config, device, run_dir)
+    _write_samples(model, data, train_idx, val_idx, config, class_mask, device, run_dir)
     (run_dir / runio.CACHE).unlink(missing_ok=True)
     return TrainResult(run_dir, model.eval(), data, history)
+
+
+def _epoch_weights(
+    config: TrainConfig, epoch: int, model: DBVAE, data: FaceData, train_idx: np.ndarray,
+    class_mask: torch.Tensor, device: torch.device,
+) -> tuple[torch.Tensor, bool]:
+    """This epoch's sampling weights over ``train_idx`` and whether they are non-uniform."""
+    if config.balance_groups:
+        frame = data.frame.iloc[train_idx]
+        return group_balanced_weights(frame, config.balance_groups, data.y[train_idx]), True
+    if config.baseline or epoch < config.warmup_epochs:
+        return torch.full((len(train_idx),), 1.0 / len(train_idx)), False
+    mu, _ = compute_latents(model, data.images, train_idx, device)
+    y = torch.from_numpy(data.y[train_idx])
+    return latent_weights(_histogram(config).fit(mu, y), y, class_mask), True
+
+
+def _accumulate(sums: dict[str, float], loss: Loss, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Add one batch's sums of the loss terms (VAE terms over the samples it models)."""
+    n = len(y)
+    sums["loss"] += loss.total.item() * n
+    sums["classification"] += loss.classification.sum().item()
+    sums["reconstruction"] += (loss.reconstruction * loss.vae_mask).sum().item()
+    sums["kl"] += (loss.kl * loss.vae_mask).sum().item()
+    sums["correct"] += int((logits.argmax(1) == y).sum())
+    sums["seen"] += n
 
 
 def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
@@ -414,7 +421,8 @@ def latent_weights(histogram: LatentHistogram, y: torch.Tensor, class_mask: torc
 
 def _histogram(config: TrainConfig) -> LatentHistogram:
     return LatentHistogram(bins=config.bins, alpha=config.alpha, combine=config.combine,
-                           ess_fraction=config.ess_fraction)
+                           ess_fraction=config.ess_fraction,
+                           n_components=config.density_components)
 
 
 def _validate(model: DBVAE, data: FaceData, val_idx: np.ndarray, device: torch.device) -> dict[str, Any]:
@@ -430,7 +438,7 @@ def _validate(model: DBVAE, data: FaceData, val_idx: np.ndarray, device: torch.d
 
 def _write_samples(
     model: DBVAE, data: FaceData, train_idx: np.ndarray, val_idx: np.ndarray,
-    config: TrainConfig, device: torch.device, run_dir: Path,
+    config: TrainConfig, class_mask: torch.Tensor, device: torch.device, run_dir: Path,
 ) -> None:
     """samples.csv: each image's split, label, groups, latent log-density and sampling weight."""
     frame = data.frame.drop(columns=["split"], errors="ignore").copy()
@@ -445,7 +453,7 @@ def _write_samples(
         histogram = _histogram(config).fit(mu_train, y[train_idx])
         frame.loc[train_idx, "latent_log_density"] = histogram.log_density_.numpy()
         frame.loc[train_idx, "sampling_weight"] = latent_weights(
-            histogram, y[train_idx], vae_mask_for(config, data.classes)[0]).numpy()
+            histogram, y[train_idx], class_mask).numpy()
         if len(val_idx):
             mu_val, _ = compute_latents(model, data.images, val_idx, device)
             frame.loc[val_idx, "latent_log_density"] = histogram.score_samples(mu_val, y[val_idx]).numpy()

@@ -112,3 +112,16 @@ def test_constant_dimension_does_not_break() -> None:
 def test_unfitted_raises() -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         LatentHistogram().score_samples(torch.zeros(1, 2), torch.zeros(1))
+
+
+def test_principal_axes_find_a_rare_cluster_on_correlated_dimensions() -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(2000, 3, generator=g)
+    mixing = torch.randn(3, 40, generator=g)
+    mu = base @ mixing + 0.05 * torch.randn(2000, 40, generator=g)  # 40 correlated dims
+    mu[:30] += 3 * mixing[0]  # a rare cluster along one hidden factor
+    h = LatentHistogram(n_components=3).fit(mu)
+    assert h.axes_.shape == (1, 40, 3) and h.lo_.shape == (1, 3)
+    w = h.weights_
+    assert w[:30].mean() > 3 * w[30:].mean()
+    assert torch.allclose(h.score_samples(mu, torch.zeros(2000)), h.log_density_, atol=1e-4)
