@@ -43,14 +43,28 @@ class Method:
 
 # The lab's recipe pins every resampling field, so changing the project's defaults never
 # changes what "lab" means.
-LAB = dict(combine="max", bins=10, alpha=1e-3, ess_fraction=None, warmup_epochs=0,
-           kl_weight=5e-4, recon="l1", batch_size=32, lr=5e-4, lr_schedule="constant")
+LAB = dict(
+    combine="max",
+    bins=10,
+    alpha=1e-3,
+    ess_fraction=None,
+    warmup_epochs=0,
+    kl_weight=5e-4,
+    recon="l1",
+    batch_size=32,
+    lr=5e-4,
+    lr_schedule="constant",
+)
 METHODS = {
     "erm": Method("plain classifier (ERM, --baseline)", dict(baseline=True)),
-    "oracle": Method("resample by true race x gender (reads group labels)",
-                     dict(baseline=True, balance_groups=["race", "gender"])),
+    "oracle": Method(
+        "resample by true race x gender (reads group labels)",
+        dict(baseline=True, balance_groups=["race", "gender"]),
+    ),
     "lab": Method("MIT lab DB-VAE recipe: per-dim max, 10 bins, alpha 1e-3", LAB),
-    "product": Method("paper's product rule in log space, alpha 1e-3", {**LAB, "combine": "product"}),
+    "product": Method(
+        "paper's product rule in log space, alpha 1e-3", {**LAB, "combine": "product"}
+    ),
     "default": Method("the project's default TrainConfig", {}),
 }
 
@@ -59,8 +73,16 @@ def _cells(frame: Any) -> Any:
     return frame["race"].astype(str) + " " + frame["gender"].astype(str)
 
 
-def run_one(data_dir: str, task: str, method: str, seed: int, epochs: int, out: str,
-            threads: int, command: str) -> dict[str, Any]:
+def run_one(
+    data_dir: str,
+    task: str,
+    method: str,
+    seed: int,
+    epochs: int,
+    out: str,
+    threads: int,
+    command: str,
+) -> dict[str, Any]:
     """Train one method on one task with one seed and score it on the test split."""
     import torch
 
@@ -72,16 +94,20 @@ def run_one(data_dir: str, task: str, method: str, seed: int, epochs: int, out: 
     run_dir = Path(out) / "runs" / task / method / f"seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = dict(METHODS[method].overrides)
-    config = TrainConfig(labels=str(train_csv), out=str(run_dir), epochs=epochs, seed=seed,
-                         groups=["race", "gender"], **overrides)
+    config = TrainConfig(
+        labels=str(train_csv),
+        out=str(run_dir),
+        epochs=epochs,
+        seed=seed,
+        groups=["race", "gender"],
+        **overrides,
+    )
     t0 = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - t0
 
-    test = load_data(labels=test_csv, groups=["race", "gender"],
-                     image_size=config.model.image_size)
-    _, probs = compute_latents(result.model, test.images, np.arange(len(test)),
-                               torch.device("cpu"))
+    test = load_data(labels=test_csv, groups=["race", "gender"], image_size=config.model.image_size)
+    _, probs = compute_latents(result.model, test.images, np.arange(len(test)), torch.device("cpu"))
     pred = np.array(result.data.classes)[probs.argmax(1).numpy()]
     correct = pred == test.frame["label"].to_numpy()
     faces = test.frame["race"].astype(str) != ""
@@ -91,16 +117,24 @@ def run_one(data_dir: str, task: str, method: str, seed: int, epochs: int, out: 
     resampled = [m for m in result.metrics if m["resampled"]]
     train_seconds = sum(m["seconds"] for m in result.metrics)
     record = {
-        "task": task, "method": method, "seed": seed, "epochs": epochs, "command": command,
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "epochs": epochs,
+        "command": command,
         "config": config.to_dict(),
         "cells": per_cell,
-        "mean": float(acc.mean()), "worst": float(acc.min()),
+        "mean": float(acc.mean()),
+        "worst": float(acc.min()),
         "variance": float(np.var(acc * 100)),
         "fpr": float(1 - correct[~faces].mean()) if (~faces).any() else None,
-        "ess_fraction": float(np.mean([m["ess_fraction"] for m in resampled])) if resampled else 1.0,
+        "ess_fraction": float(np.mean([m["ess_fraction"] for m in resampled]))
+        if resampled
+        else 1.0,
         "wall_seconds": wall,
         # Training images per second, the per-epoch latent pass included.
-        "images_per_s": sum(m["images_per_s"] * m["seconds"] for m in result.metrics) / train_seconds,
+        "images_per_s": sum(m["images_per_s"] * m["seconds"] for m in result.metrics)
+        / train_seconds,
         "val_acc": result.metrics[-1]["val_acc"],
         "skipped": len(result.data.skipped),
     }
@@ -126,22 +160,35 @@ def write_report(out: Path, command: str, target: Path) -> None:
     """Aggregate every result JSON under ``out`` into ``target``/RESULTS.md and results.json."""
     records = [json.loads(p.read_text()) for p in sorted((out / "results").rglob("*.json"))]
     commands = sorted({r.get("command", command) for r in records})
-    lines = ["# Benchmark results", "", "Produced by (each result records its command):", "",
-             "```", *commands, "```", "",
-             "Mean ± std over seeds. Cells are race x gender on the test split; variance is across "
-             "cells in percent squared (the paper's bias measure). Paired differences are against "
-             "ERM with the same seed: mean [95% t-interval]; * marks an interval that excludes 0.",
-             ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Produced by (each result records its command):",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        "Mean ± std over seeds. Cells are race x gender on the test split; variance is across "
+        "cells in percent squared (the paper's bias measure). Paired differences are against "
+        "ERM with the same seed: mean [95% t-interval]; * marks an interval that excludes 0.",
+        "",
+    ]
     summary: dict[str, Any] = {"commands": commands, "tasks": {}}
     for task in TASKS:
         rows = [r for r in records if r["task"] == task]
         if not rows:
             continue
         erm = {r["seed"]: r for r in rows if r["method"] == "erm"}
-        lines += [f"## {task}", "",
-                  f"Epochs: {sorted({r['epochs'] for r in rows})}.", "",
-                  "| method | seeds | mean | worst cell | variance | FPR non-face | ESS | s/run | img/s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {task}",
+            "",
+            f"Epochs: {sorted({r['epochs'] for r in rows})}.",
+            "",
+            "| method | seeds | mean | worst cell | variance | FPR non-face | ESS | s/run "
+            "| img/s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         summary["tasks"][task] = {}
         diffs = []
         for method in METHODS:
@@ -155,12 +202,22 @@ def write_report(out: Path, command: str, target: Path) -> None:
                 f"{_summary([r['variance'] for r in rs]).replace('.000', '')} | {fpr} | "
                 f"{np.mean([r['ess_fraction'] for r in rs]):.2f} | "
                 f"{np.mean([r['wall_seconds'] for r in rs]):.0f} | "
-                f"{np.mean([r['images_per_s'] for r in rs]):.0f} |")
+                f"{np.mean([r['images_per_s'] for r in rs]):.0f} |"
+            )
             summary["tasks"][task][method] = {
-                key: {"mean": float(np.mean([r[key] for r in rs])),
-                      "std": float(np.std([r[key] for r in rs], ddof=1)) if len(rs) > 1 else 0.0}
-                for key in ("mean", "worst", "variance", "ess_fraction", "wall_seconds",
-                            "images_per_s") + (("fpr",) if rs[0]["fpr"] is not None else ())
+                key: {
+                    "mean": float(np.mean([r[key] for r in rs])),
+                    "std": float(np.std([r[key] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
+                }
+                for key in (
+                    "mean",
+                    "worst",
+                    "variance",
+                    "ess_fraction",
+                    "wall_seconds",
+                    "images_per_s",
+                )
+                + (("fpr",) if rs[0]["fpr"] is not None else ())
             }
             summary["tasks"][task][method]["seeds"] = [r["seed"] for r in rs]
             paired = [r for r in rs if r["seed"] in erm]
@@ -170,29 +227,45 @@ def write_report(out: Path, command: str, target: Path) -> None:
                     f"| {method} | {len(paired)} | "
                     f"{_paired([r['worst'] for r in paired], [b['worst'] for b in base])} | "
                     f"{_paired([r['variance'] for r in paired], [b['variance'] for b in base])} | "
-                    f"{_paired([r['mean'] for r in paired], [b['mean'] for b in base])} |")
+                    f"{_paired([r['mean'] for r in paired], [b['mean'] for b in base])} |"
+                )
         cell_names = sorted(rows[0]["cells"])
-        lines += ["", "Accuracy per cell (mean over seeds):", "",
-                  "| method | " + " | ".join(cell_names) + " |",
-                  "|---|" + "---|" * len(cell_names)]
+        lines += [
+            "",
+            "Accuracy per cell (mean over seeds):",
+            "",
+            "| method | " + " | ".join(cell_names) + " |",
+            "|---|" + "---|" * len(cell_names),
+        ]
         for method in METHODS:
             rs = [r for r in rows if r["method"] == method]
             if rs:
-                lines.append(f"| {method} | " + " | ".join(
-                    f"{np.mean([r['cells'][c] for r in rs]):.3f}" for c in cell_names) + " |")
+                lines.append(
+                    f"| {method} | "
+                    + " | ".join(f"{np.mean([r['cells'][c] for r in rs]):.3f}" for c in cell_names)
+                    + " |"
+                )
         if diffs:
-            lines += ["", "Paired difference against ERM (same seed):", "",
-                      "| method | pairs | worst cell | variance | mean |", "|---|---|---|---|---|",
-                      *diffs]
+            lines += [
+                "",
+                "Paired difference against ERM (same seed):",
+                "",
+                "| method | pairs | worst cell | variance | mean |",
+                "|---|---|---|---|---|",
+                *diffs,
+            ]
         lines.append("")
-    lines += ["## Methods", ""] + [f"- `{k}`: {m.description}; overrides `{m.overrides}`"
-                                    for k, m in METHODS.items()]
+    lines += ["## Methods", ""] + [
+        f"- `{k}`: {m.description}; overrides `{m.overrides}`" for k, m in METHODS.items()
+    ]
     (target / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (target / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", required=True, help="the shared data folder (../shared/data)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
@@ -201,12 +274,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     parser.add_argument("--out", default="benchmarks/out")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=JSON,...",
-                        help="an extra method: the default with these TrainConfig fields changed, "
-                             "e.g. ess30:ess_fraction=0.3 (repeatable)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:FIELD=JSON,...",
+        help="an extra method: the default with these TrainConfig fields changed, "
+        "e.g. ess30:ess_fraction=0.3 (repeatable)",
+    )
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--report-dir", default=str(Path(__file__).parent),
-                        help="where RESULTS.md and results.json go")
+    parser.add_argument(
+        "--report-dir",
+        default=str(Path(__file__).parent),
+        help="where RESULTS.md and results.json go",
+    )
     args = parser.parse_args()
     for spec in args.variant:
         name, _, assignments = spec.partition(":")
@@ -217,7 +298,9 @@ def main() -> None:
     for task in args.tasks:
         for name in TASKS[task]:
             if not (data / name).is_file():
-                sys.exit(f"Error: {data / name}: not found. Pass the shared data folder with --data.")
+                sys.exit(
+                    f"Error: {data / name}: not found. Pass the shared data folder with --data."
+                )
     out = Path(args.out)
     command = "python benchmarks/utk.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not args.report_only:
@@ -230,16 +313,25 @@ def main() -> None:
                         jobs.append((task, method, seed, path))
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = [(pool.submit(run_one, str(data), t, m, s, args.epochs, str(out), threads,
-                                    command), p)
-                       for t, m, s, p in jobs]
+            futures = [
+                (
+                    pool.submit(
+                        run_one, str(data), t, m, s, args.epochs, str(out), threads, command
+                    ),
+                    p,
+                )
+                for t, m, s, p in jobs
+            ]
             for future, path in futures:
                 record = future.result()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record, indent=2))
-                print(f"{record['task']:10} {record['method']:8} seed {record['seed']}: "
-                      f"mean {record['mean']:.3f} worst {record['worst']:.3f} "
-                      f"var {record['variance']:.1f} ({record['wall_seconds']:.0f} s)", flush=True)
+                print(
+                    f"{record['task']:10} {record['method']:8} seed {record['seed']}: "
+                    f"mean {record['mean']:.3f} worst {record['worst']:.3f} "
+                    f"var {record['variance']:.1f} ({record['wall_seconds']:.0f} s)",
+                    flush=True,
+                )
     write_report(out, command, Path(args.report_dir))
 
 

@@ -1,0 +1,1 @@
+"""The ``debias`` command line."""

@@ -13,13 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from cli.progress import RichListener
-from debias import TrainConfig, errors, train as train_run, write_synthetic
+from debias import TrainConfig, errors, write_synthetic
+from debias import train as train_run
 from debias.config import ModelConfig
 from debias.train import resume as resume_run
 
@@ -51,17 +52,39 @@ def _errors(resume_hint: Path | None = None) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def _default(cls: type, name: str) -> str:
+    """' (default: X)' for --help, read from the config dataclass so it is never stale."""
+    value = getattr(cls, name)
+    return f" (default: {value})" if value is not None else ""
+
+
 # Options shared by commands that read data (train now; audit and outliers later).
-DataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", help="Folder: class folders, labels.csv, UTKFace names or CelebA.")]
-LabelsOpt = Annotated[Optional[Path], typer.Option(
-    "--labels", help="Labels CSV (path,label,...); paths relative to the CSV's folder.")]
-TargetOpt = Annotated[Optional[str], typer.Option(
-    "--target", help="Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute.")]
-GroupsOpt = Annotated[Optional[str], typer.Option(
-    "--groups", help="Comma-separated attribute columns to evaluate by (default: all suitable).")]
-DeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help="Folder: class folders, labels.csv, UTKFace names or CelebA."),
+]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels", help="Labels CSV (path,label,...); paths relative to the CSV's folder."
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target", help="Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute."
+    ),
+]
+GroupsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--groups", help="Comma-separated attribute columns to evaluate by (default: all suitable)."
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+]
 
 
 @app.command()
@@ -70,36 +93,85 @@ def train(
     labels: LabelsOpt = None,
     target: TargetOpt = None,
     groups: GroupsOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<date-time>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<date-time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
     baseline: Annotated[bool, typer.Option(help="Train the plain classifier instead.")] = False,
-    balance_groups: Annotated[Optional[str], typer.Option(
-        help="Resample by these group columns instead (reads group labels; the oracle).")] = None,
-    strict: Annotated[bool, typer.Option(help="Fail on unreadable files instead of skipping.")] = False,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option()] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine or constant.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option()] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Side in pixels (multiple of 16).")] = None,
-    filters: Annotated[Optional[int], typer.Option(help="Filters of the first conv layer.")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Width of the dense layer.")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Histogram smoothing.")] = None,
-    bins: Annotated[Optional[int], typer.Option(help="Histogram bins per latent dimension.")] = None,
-    combine: Annotated[Optional[str], typer.Option(help="product (paper) or max (lab).")] = None,
-    ess_fraction: Annotated[Optional[float], typer.Option(
-        help="Keep this effective sample share per class (0 turns it off).")] = None,
-    warmup_epochs: Annotated[Optional[int], typer.Option()] = None,
-    density_components: Annotated[Optional[int], typer.Option(
-        help="Histogram this many principal axes of the latents instead of every dimension.")] = None,
-    kl_weight: Annotated[Optional[float], typer.Option()] = None,
-    vae_on: Annotated[Optional[str], typer.Option(help="auto, all or positive.")] = None,
-    positive_class: Annotated[Optional[str], typer.Option()] = None,
-    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    balance_groups: Annotated[
+        str | None,
+        typer.Option(
+            help="Resample by these group columns instead (reads group labels; the oracle)."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Fail on unreadable files instead of skipping.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help=_default(TrainConfig, "epochs"))] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_default(TrainConfig, "batch_size"))
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help=_default(TrainConfig, "lr"))] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option(help="cosine or constant." + _default(TrainConfig, "lr_schedule"))
+    ] = None,
+    latent_dim: Annotated[
+        int | None, typer.Option(help=_default(ModelConfig, "latent_dim"))
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Side in pixels (multiple of 16)." + _default(ModelConfig, "image_size")),
+    ] = None,
+    filters: Annotated[
+        int | None,
+        typer.Option(help="Filters of the first conv layer." + _default(ModelConfig, "filters")),
+    ] = None,
+    hidden: Annotated[
+        int | None, typer.Option(help="Width of the dense layer." + _default(ModelConfig, "hidden"))
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Histogram smoothing." + _default(TrainConfig, "alpha"))
+    ] = None,
+    bins: Annotated[
+        int | None,
+        typer.Option(help="Histogram bins per latent dimension." + _default(TrainConfig, "bins")),
+    ] = None,
+    combine: Annotated[
+        str | None,
+        typer.Option(help="product (paper) or max (lab)." + _default(TrainConfig, "combine")),
+    ] = None,
+    ess_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep this effective sample share per class (0 turns it off)."
+            + _default(TrainConfig, "ess_fraction")
+        ),
+    ] = None,
+    warmup_epochs: Annotated[
+        int | None, typer.Option(help=_default(TrainConfig, "warmup_epochs"))
+    ] = None,
+    density_components: Annotated[
+        int | None,
+        typer.Option(
+            help="Histogram this many principal axes of the latents instead of every dimension."
+            + _default(TrainConfig, "density_components")
+        ),
+    ] = None,
+    kl_weight: Annotated[
+        float | None, typer.Option(help=_default(TrainConfig, "kl_weight"))
+    ] = None,
+    vae_on: Annotated[
+        str | None, typer.Option(help="auto, all or positive." + _default(TrainConfig, "vae_on"))
+    ] = None,
+    positive_class: Annotated[str | None, typer.Option()] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help=_default(TrainConfig, "val_fraction"))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_default(TrainConfig, "seed"))] = None,
     device: DeviceOpt = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes.")] = None,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="Image decoding processes." + _default(TrainConfig, "num_workers")),
+    ] = None,
 ) -> None:
     """Train a debiased classifier (DB-VAE), or the plain baseline, into a run folder."""
     given = {k: v for k, v in locals().items() if v is not None}
@@ -107,9 +179,13 @@ def train(
         if resume is not None:
             extra = sorted(set(given) - {"resume", "epochs", "device", "baseline", "strict"})
             if extra or baseline or strict:
-                raise errors.ConfigError(errors.RESUME_OPTIONS.format(
-                    path=resume, options=", ".join("--" + o.replace("_", "-") for o in extra)
-                    or "--baseline/--strict"))
+                raise errors.ConfigError(
+                    errors.RESUME_OPTIONS.format(
+                        path=resume,
+                        options=", ".join("--" + o.replace("_", "-") for o in extra)
+                        or "--baseline/--strict",
+                    )
+                )
             with RichListener(console) as listener:
                 result = resume_run(resume, epochs=epochs, device=device, listener=listener)
         else:
@@ -121,11 +197,16 @@ def train(
     last = result.metrics[-1]
     console.print(
         f"Run saved to {result.run_dir}  (train acc {last['train_acc']:.3f}"
-        + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "") + ")"
+        + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
+        + ")"
     )
     if result.data.skipped:
-        console.print(f"{len(result.data.skipped)} unreadable file(s) skipped; all are listed in "
-                      f"{result.run_dir / 'skipped.csv'}:", markup=False, highlight=False)
+        console.print(
+            f"{len(result.data.skipped)} unreadable file(s) skipped; all are listed in "
+            f"{result.run_dir / 'skipped.csv'}:",
+            markup=False,
+            highlight=False,
+        )
         for path, reason in result.data.skipped[:3]:
             console.print(f"  {path}: {reason}", markup=False, highlight=False)
 
@@ -159,9 +240,11 @@ def synth(
     with _errors():
         if faces < 1 or non_faces < 1 or not 0 <= dark_fraction <= 1:
             raise errors.ConfigError(
-                "--faces and --non-faces must be at least 1 and --dark-fraction in [0, 1].")
-        labels = write_synthetic(out, n_faces=faces, n_non_faces=non_faces,
-                                 dark_fraction=dark_fraction, seed=seed)
+                "--faces and --non-faces must be at least 1 and --dark-fraction in [0, 1]."
+            )
+        labels = write_synthetic(
+            out, n_faces=faces, n_non_faces=non_faces, dark_fraction=dark_fraction, seed=seed
+        )
     console.print(f"Wrote {faces + non_faces} images and {labels}")
 
 

@@ -37,15 +37,23 @@ class RichListener:
         self.progress.stop()
 
     def phase(self, name: str, total: int) -> None:
+        """Add a progress bar for a new phase."""
         self.task = self.progress.add_task(name, total=total, stats="")
 
     def advance(self, n: int = 1, **fields: float) -> None:
+        """Advance the current bar and show the running statistics."""
         stats = "  ".join(f"{k} {v:.3f}" for k, v in fields.items())
         self.progress.update(self.task, advance=n, stats=stats)
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
+        """Replace the running statistics with the epoch's summary."""
         val = metrics.get("val_acc")
-        self.progress.update(self.task, stats=(
-            f"loss {metrics['train_loss']:.3f}  acc {metrics['train_acc']:.3f}  "
-            f"val {val:.3f}  " if val is not None else ""
-        ) + f"ess {metrics['ess_fraction']:.0%}  {metrics['images_per_s']:.0f} img/s")
+        self.progress.update(
+            self.task,
+            stats=(
+                f"loss {metrics['train_loss']:.3f}  acc {metrics['train_acc']:.3f}  val {val:.3f}  "
+                if val is not None
+                else ""
+            )
+            + f"ess {metrics['ess_fraction']:.0%}  {metrics['images_per_s']:.0f} img/s",
+        )

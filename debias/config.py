@@ -29,10 +29,14 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError for sizes the architecture cannot take."""
         if self.image_size < 16 or self.image_size % 16:
-            raise errors.ConfigError(errors.BAD_OPTION.format(
-                option="image-size", value=self.image_size,
-                problem="the encoder halves the image four times",
-                fix="Use a multiple of 16 (e.g. 64)."))
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="image-size",
+                    value=self.image_size,
+                    problem="the encoder halves the image four times",
+                    fix="Use a multiple of 16 (e.g. 64).",
+                )
+            )
         for name in ("latent_dim", "filters", "hidden"):
             _positive(name, getattr(self, name))
 
@@ -49,7 +53,9 @@ class TrainConfig:
 
     # Data
     data: str | None = None  # a folder in one of the accepted layouts
-    labels: str | None = None  # a labels CSV anywhere (paths relative to it); overrides data/labels.csv
+    labels: str | None = (
+        None  # a labels CSV anywhere (paths relative to it); overrides data/labels.csv
+    )
     target: str | None = None  # label column / UTKFace field / CelebA attribute
     groups: list[str] | None = None  # evaluation groups; default: attributes with 2-20 values
     strict: bool = False  # skipping unreadable files is the default: real folders have a few
@@ -76,7 +82,9 @@ class TrainConfig:
     batch_size: int = 32  # the lab's batch
     lr: float = 5e-4  # the lab's Adam step
     lr_schedule: LrSchedule = "cosine"  # decay to 0 by the last step: a less noisy final model
-    augment: bool = True  # flip, colour jitter, +-4 px shift: upweighted rare faces are not memorised
+    augment: bool = (
+        True  # flip, colour jitter, +-4 px shift: upweighted rare faces are not memorised
+    )
     val_fraction: float = 0.1  # stratified by class; a data set's own val partition wins
     seed: int = 0
     device: str = "auto"  # cuda, then mps, then cpu
@@ -91,31 +99,65 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         for name in ("lr", "alpha"):
             if not getattr(self, name) > 0:
-                raise errors.ConfigError(errors.BAD_OPTION.format(
-                    option=name.replace("_", "-"), value=getattr(self, name),
-                    problem="must be greater than 0", fix="Pass a positive number."))
+                raise errors.ConfigError(
+                    errors.BAD_OPTION.format(
+                        option=name.replace("_", "-"),
+                        value=getattr(self, name),
+                        problem="must be greater than 0",
+                        fix="Pass a positive number.",
+                    )
+                )
         if self.kl_weight < 0:
-            raise errors.ConfigError(errors.BAD_OPTION.format(
-                option="kl-weight", value=self.kl_weight, problem="must not be negative",
-                fix="Pass 0 or a positive number."))
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="kl-weight",
+                    value=self.kl_weight,
+                    problem="must not be negative",
+                    fix="Pass 0 or a positive number.",
+                )
+            )
         if not 0 <= self.val_fraction < 1:
-            raise errors.ConfigError(errors.BAD_OPTION.format(
-                option="val-fraction", value=self.val_fraction, problem="must be in [0, 1)",
-                fix="Pass e.g. 0.1."))
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="val-fraction",
+                    value=self.val_fraction,
+                    problem="must be in [0, 1)",
+                    fix="Pass e.g. 0.1.",
+                )
+            )
         if self.ess_fraction is not None and not 0 < self.ess_fraction <= 1:
-            raise errors.ConfigError(errors.BAD_OPTION.format(
-                option="ess-fraction", value=self.ess_fraction, problem="must be in (0, 1]",
-                fix="Pass e.g. 0.5, or none to use alpha alone."))
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="ess-fraction",
+                    value=self.ess_fraction,
+                    problem="must be in (0, 1]",
+                    fix="Pass e.g. 0.5, or none to use alpha alone.",
+                )
+            )
         if self.warmup_epochs < 0:
-            raise errors.ConfigError(errors.BAD_OPTION.format(
-                option="warmup-epochs", value=self.warmup_epochs, problem="must not be negative",
-                fix="Pass 0 or more."))
-        for name, allowed in (("combine", Combine), ("vae_on", VaeOn), ("recon", Recon),
-                              ("lr_schedule", LrSchedule)):
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="warmup-epochs",
+                    value=self.warmup_epochs,
+                    problem="must not be negative",
+                    fix="Pass 0 or more.",
+                )
+            )
+        for name, allowed in (
+            ("combine", Combine),
+            ("vae_on", VaeOn),
+            ("recon", Recon),
+            ("lr_schedule", LrSchedule),
+        ):
             if getattr(self, name) not in allowed.__args__:
-                raise errors.ConfigError(errors.BAD_OPTION.format(
-                    option=name.replace("_", "-"), value=getattr(self, name),
-                    problem="unknown choice", fix=f"Use one of {', '.join(allowed.__args__)}."))
+                raise errors.ConfigError(
+                    errors.BAD_OPTION.format(
+                        option=name.replace("_", "-"),
+                        value=getattr(self, name),
+                        problem="unknown choice",
+                        fix=f"Use one of {', '.join(allowed.__args__)}.",
+                    )
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the ``train`` section of ``config.json``)."""
@@ -133,6 +175,11 @@ class TrainConfig:
 
 def _positive(name: str, value: int) -> None:
     if not (isinstance(value, int) and value > 0):
-        raise errors.ConfigError(errors.BAD_OPTION.format(
-            option=name.replace("_", "-"), value=value, problem="must be a whole number above 0",
-            fix="Pass e.g. 10."))
+        raise errors.ConfigError(
+            errors.BAD_OPTION.format(
+                option=name.replace("_", "-"),
+                value=value,
+                problem="must be a whole number above 0",
+                fix="Pass e.g. 10.",
+            )
+        )

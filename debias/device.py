@@ -31,20 +31,28 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise errors.ConfigError(errors.BAD_DEVICE.format(
-            device=name, reason="unknown device name", available=available)) from None
+        raise errors.ConfigError(
+            errors.BAD_DEVICE.format(device=name, reason="unknown device name", available=available)
+        ) from None
     if device.type == "cpu":
         return device
     if device.type == "cuda" and cuda:
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise errors.ConfigError(errors.BAD_DEVICE.format(
-                device=name, reason=f"only {torch.cuda.device_count()} CUDA device(s)",
-                available=available))
+            raise errors.ConfigError(
+                errors.BAD_DEVICE.format(
+                    device=name,
+                    reason=f"only {torch.cuda.device_count()} CUDA device(s)",
+                    available=available,
+                )
+            )
         return device
     if device.type == "mps" and mps:
         return device
-    raise errors.ConfigError(errors.BAD_DEVICE.format(
-        device=name, reason=f"no {device.type} device available", available=available))
+    raise errors.ConfigError(
+        errors.BAD_DEVICE.format(
+            device=name, reason=f"no {device.type} device available", available=available
+        )
+    )
 
 
 def _mps_available() -> bool:

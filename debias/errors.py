@@ -37,29 +37,48 @@ ONE_CLASS = (
     "Add images of another class or choose another --target."
 )
 MISSING_COLUMN = "{path}: column {column!r} not found (columns: {columns}). {fix}"
-BAD_TARGET = "{path}: --target {target!r} is not available for this layout. Choose one of: {choices}."
+BAD_TARGET = (
+    "{path}: --target {target!r} is not available for this layout. Choose one of: {choices}."
+)
 PATH_ESCAPES = (
     "{path}: row {row} has path {value!r}, which points outside {root}. "
     "Use paths relative to the CSV's folder that stay inside it."
 )
-EMPTY_LABEL = "{path}: {count} row(s) have an empty {column!r} (first: row {row}). Fill them in or remove those rows."
-BAD_CSV = "{path}: cannot be read as a CSV ({reason}). Save it as comma-separated text with a header row."
+EMPTY_LABEL = (
+    "{path}: {count} row(s) have an empty {column!r} (first: row {row}). "
+    "Fill them in or remove those rows."
+)
+BAD_CSV = (
+    "{path}: cannot be read as a CSV ({reason}). Save it as comma-separated text with a header row."
+)
 UNREADABLE_STRICT = (
     "{path}: {reason}. {count} file(s) could not be used; drop --strict to skip them "
     "(they are listed in skipped.csv), or fix or remove them."
 )
-BAD_CELEBA = "{path}: not a CelebA attribute file ({reason}). It should be CelebA's list_attr_celeba.txt."
-UNKNOWN_GROUP = "--groups {group!r} is not a column of the data (columns: {columns}). Choose from those."
+BAD_CELEBA = (
+    "{path}: not a CelebA attribute file ({reason}). It should be CelebA's list_attr_celeba.txt."
+)
+UNKNOWN_GROUP = (
+    "--groups {group!r} is not a column of the data (columns: {columns}). Choose from those."
+)
 
-BAD_DEVICE = "--device {device!r} is not a device this machine has ({reason}). Use auto, cpu{available}."
+BAD_DEVICE = (
+    "--device {device!r} is not a device this machine has ({reason}). Use auto, cpu{available}."
+)
 BAD_OPTION = "--{option} {value!r}: {problem}. {fix}"
 POSITIVE_CLASS = (
     "--vae-on positive needs to know which class the VAE models, and the classes are {classes}. "
     "Pass --positive-class NAME, or --vae-on all."
 )
 
-RUN_MISSING = "{path}: not a debias run folder ({missing} missing). Pass the --out folder of a `debias train` run."
-RUN_FINISHED = "{path}: this run already finished all {epochs} epochs. Pass a larger --epochs to train further."
+RUN_MISSING = (
+    "{path}: not a debias run folder ({missing} missing). "
+    "Pass the --out folder of a `debias train` run."
+)
+RUN_FINISHED = (
+    "{path}: this run already finished all {epochs} epochs. "
+    "Pass a larger --epochs to train further."
+)
 UNSAFE_CHECKPOINT = (
     "{path}: refused to load: it is not a plain weights file ({reason}). "
     "Only load checkpoints written by debias from a source you trust."

@@ -1,4 +1,4 @@
-"""The debiasing VAE (DB-VAE) of Amini et al., AIES 2019: a classifier and a VAE sharing one encoder.
+"""The debiasing VAE (DB-VAE) of Amini et al., AIES 2019: classifier and VAE share one encoder.
 
 The encoder maps an image to class logits and the mean and log-variance of a latent Gaussian; the
 decoder reconstructs the image from a sample of it. The classifier learns the task from every
@@ -43,14 +43,18 @@ class Encoder(nn.Module):
         super().__init__()
         f, side = cfg.filters, cfg.image_size // 16
         self.features = nn.Sequential(
-            *_conv_block(3, f, 5), *_conv_block(f, 2 * f, 5),
-            *_conv_block(2 * f, 4 * f, 3), *_conv_block(4 * f, 6 * f, 3),
+            *_conv_block(3, f, 5),
+            *_conv_block(f, 2 * f, 5),
+            *_conv_block(2 * f, 4 * f, 3),
+            *_conv_block(4 * f, 6 * f, 3),
             nn.Flatten(),
-            nn.Linear(6 * f * side * side, cfg.hidden), nn.ReLU(),
+            nn.Linear(6 * f * side * side, cfg.hidden),
+            nn.ReLU(),
             nn.Linear(cfg.hidden, num_classes + 2 * cfg.latent_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map preprocessed images to logits, latent means and log-variances, concatenated."""
         return self.features(x)  # (B, C + 2K)
 
 
@@ -63,11 +67,14 @@ class Decoder(nn.Module):
         self.f = f
         self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, 6 * f * self.side * self.side), nn.ReLU())
         self.deconv = nn.Sequential(
-            *_deconv_block(6 * f, 4 * f, 3), *_deconv_block(4 * f, 2 * f, 3),
-            *_deconv_block(2 * f, f, 5), *_deconv_block(f, 3, 5, last=True),
+            *_deconv_block(6 * f, 4 * f, 3),
+            *_deconv_block(4 * f, 2 * f, 3),
+            *_deconv_block(2 * f, f, 5),
+            *_deconv_block(f, 3, 5, last=True),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latents into images."""
         h = self.fc(z).view(-1, 6 * self.f, self.side, self.side)  # (B, 6f, S/16, S/16)
         return torch.sigmoid(self.deconv(h))  # (B, 3, S, S)
 
@@ -129,6 +136,7 @@ class DBVAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps  # (B, K)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Output:
+        """Encode, sample a latent, decode; ``generator`` makes the sample repeatable."""
         logits, mu, logvar = self.encode(x)
         recon = self.decoder(self.reparameterize(mu, logvar, generator))
         return Output(logits, mu, logvar, recon)

@@ -29,7 +29,7 @@ def _bin_index(mu: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) 
 
 
 def _histogram_log_prob(idx: torch.Tensor, bins: int, alpha: float) -> torch.Tensor:
-    """log of the smoothed, normalised bin frequencies, ``(K, bins)``, all dimensions at once."""
+    """Log of the smoothed, normalised bin frequencies, ``(K, bins)``, all dimensions at once."""
     n, k = idx.shape
     flat = (idx + torch.arange(k, device=idx.device) * bins).reshape(-1)  # (N*K,)
     counts = torch.zeros(k * bins, dtype=torch.float64, device=idx.device)
@@ -125,7 +125,7 @@ class LatentHistogram:
         self.n_components = n_components
 
     def fit(self, mu: torch.Tensor, y: torch.Tensor | None = None) -> LatentHistogram:
-        """Fit histograms to latent means ``mu`` ``(N, K)`` of classes ``y`` ``(N,)``; return self."""
+        """Fit histograms to latent means ``mu`` ``(N, K)`` of classes ``y`` ``(N,)``."""
         mu = mu.detach().float()
         y = torch.zeros(len(mu), dtype=torch.long, device=mu.device) if y is None else y.long()
         self.classes_ = torch.unique(y)

@@ -30,6 +30,7 @@ SAMPLES = "samples.csv"
 SKIPPED = "skipped.csv"
 CACHE = "cache.npy"
 
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -85,7 +86,7 @@ def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> 
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The per-epoch records of a run, oldest first."""
+    """Return the per-epoch records of a run, oldest first."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
@@ -98,7 +99,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: a pickle payload that would run code is refused.
+    """Load a checkpoint with ``weights_only=True``, refusing pickled code.
 
     Raises
     ------
@@ -119,7 +120,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``config.json`` of a run folder."""
+    """Return the parsed ``config.json`` of a run folder."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise errors.RunError(errors.RUN_MISSING.format(path=run_dir, missing=CONFIG))

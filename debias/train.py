@@ -41,13 +41,13 @@ class Listener(Protocol):
     """Progress events; the CLI draws them as progress bars. Every method is optional."""
 
     def phase(self, name: str, total: int) -> None:
-        """A new phase (decode, epoch N, ...) of ``total`` steps begins."""
+        """Start a phase (decode, epoch N, ...) of ``total`` steps."""
 
     def advance(self, n: int = 1, **fields: float) -> None:
         """``n`` steps done; ``fields`` are running statistics (loss, acc, ess)."""
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
-        """An epoch finished; ``metrics`` is its ``metrics.jsonl`` record."""
+        """Receive a finished epoch's ``metrics.jsonl`` record."""
 
 
 class _Silent:
@@ -75,7 +75,9 @@ class TrainResult:
 # Pieces of an epoch
 
 
-def batches(images: np.ndarray, idx: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def batches(
+    images: np.ndarray, idx: np.ndarray, size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield ``(indices, uint8 images)`` in chunks of ``size``; sorted reads are cache-friendly."""
     for start in range(0, len(idx), size):
         chunk = idx[start : start + size]
@@ -105,7 +107,9 @@ def compute_latents(
         model.train(was_training)
 
 
-def group_accuracy(frame: pd.DataFrame, correct: np.ndarray, columns: list[str]) -> dict[str, dict[str, float]]:
+def group_accuracy(
+    frame: pd.DataFrame, correct: np.ndarray, columns: list[str]
+) -> dict[str, dict[str, float]]:
     """Accuracy per value of each group column (empty values are not a group)."""
     out: dict[str, dict[str, float]] = {}
     for column in columns:
@@ -117,7 +121,7 @@ def group_accuracy(frame: pd.DataFrame, correct: np.ndarray, columns: list[str])
 
 
 def group_balanced_weights(frame: pd.DataFrame, columns: list[str], y: np.ndarray) -> torch.Tensor:
-    """Sampling weights that give every combination of ``columns`` equal weight within its class.
+    """Weight every combination of ``columns`` equally within its class.
 
     Each class keeps its share of the data; rows with an empty group value form a cell of their own.
     """
@@ -243,19 +247,32 @@ def _fit(
     device = select_device(config.device)
     # The data are decoded first: the slowest step and the one most likely to fail on bad input.
     data = load_data(
-        config.data, labels=config.labels, target=config.target, groups=config.groups,
-        image_size=config.model.image_size, strict=config.strict, splits=("train", "val"),
-        cache_file=run_dir / runio.CACHE, num_workers=config.num_workers,
-        on_start=lambda n: listener.phase("decode", n), on_advance=listener.advance,
+        config.data,
+        labels=config.labels,
+        target=config.target,
+        groups=config.groups,
+        image_size=config.model.image_size,
+        strict=config.strict,
+        splits=("train", "val"),
+        cache_file=run_dir / runio.CACHE,
+        num_workers=config.num_workers,
+        on_start=lambda n: listener.phase("decode", n),
+        on_advance=listener.advance,
     )
     if data.skipped:
-        log.warning("%d file(s) skipped as unreadable; listed in %s", len(data.skipped),
-                    run_dir / runio.SKIPPED)
+        log.warning(
+            "%d file(s) skipped as unreadable; listed in %s",
+            len(data.skipped),
+            run_dir / runio.SKIPPED,
+        )
     runio.write_csv(run_dir / runio.SKIPPED, pd.DataFrame(data.skipped, columns=["path", "reason"]))
     for column in config.balance_groups or []:
         if column not in data.frame.columns:
-            raise errors.DataError(errors.UNKNOWN_GROUP.format(
-                group=column, columns=", ".join(data.frame.columns[2:]) or "none"))
+            raise errors.DataError(
+                errors.UNKNOWN_GROUP.format(
+                    group=column, columns=", ".join(data.frame.columns[2:]) or "none"
+                )
+            )
     train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
     class_mask, positive = vae_mask_for(config, data.classes)
 
@@ -265,7 +282,8 @@ def _fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch))
+        optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch)
+    )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler_rng = torch.Generator().manual_seed(config.seed)  # epoch sampling and augmentation
@@ -289,28 +307,47 @@ def _fit(
         # metrics file was updated neither loses a line nor repeats one.
         runio.write_jsonl(run_dir / runio.METRICS, history)
 
-    runio.write_json(run_dir / runio.CONFIG, {
-        "debias_version": debias.__version__,
-        "train": config.to_dict(),
-        "data": {
-            "classes": data.classes, "layout": data.layout, "source": data.source,
-            "group_columns": data.group_columns, "positive_class": positive,
-            "n_train": len(train_idx), "n_val": len(val_idx), "n_skipped": len(data.skipped),
+    runio.write_json(
+        run_dir / runio.CONFIG,
+        {
+            "debias_version": debias.__version__,
+            "train": config.to_dict(),
+            "data": {
+                "classes": data.classes,
+                "layout": data.layout,
+                "source": data.source,
+                "group_columns": data.group_columns,
+                "positive_class": positive,
+                "n_train": len(train_idx),
+                "n_val": len(val_idx),
+                "n_skipped": len(data.skipped),
+            },
+            "device": str(device),
         },
-        "device": str(device),
-    })
+    )
 
     y_train = torch.from_numpy(data.y[train_idx])
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        weights, resampled = _epoch_weights(config, epoch, model, data, train_idx, class_mask, device)
+        weights, resampled = _epoch_weights(
+            config, epoch, model, data, train_idx, class_mask, device
+        )
         ess_fraction = effective_sample_size(weights) / len(weights)
-        order = train_idx[torch.multinomial(weights, len(train_idx), replacement=True,
-                                            generator=sampler_rng).numpy()]
+        order = train_idx[
+            torch.multinomial(
+                weights, len(train_idx), replacement=True, generator=sampler_rng
+            ).numpy()
+        ]
         listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch)
         model.train()
-        sums = {"loss": 0.0, "classification": 0.0, "reconstruction": 0.0, "kl": 0.0,
-                "correct": 0, "seen": 0}
+        sums = {
+            "loss": 0.0,
+            "classification": 0.0,
+            "reconstruction": 0.0,
+            "kl": 0.0,
+            "correct": 0,
+            "seen": 0,
+        }
         for chunk, x_u8 in batches(data.images, order, config.batch_size):
             x = preprocess(x_u8.to(device, non_blocking=True))
             if config.augment:
@@ -318,8 +355,15 @@ def _fit(
             y = torch.from_numpy(data.y[chunk]).to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 out = model(x, noise_rng)
-            loss = dbvae_loss(out, x, y, class_mask.to(device)[y], kl_weight=config.kl_weight,
-                              recon=config.recon, use_vae=not config.baseline)
+            loss = dbvae_loss(
+                out,
+                x,
+                y,
+                class_mask.to(device)[y],
+                kl_weight=config.kl_weight,
+                recon=config.recon,
+                use_vae=not config.baseline,
+            )
             if not torch.isfinite(loss.total):
                 raise errors.DebiasError(
                     f"{run_dir}: the loss became {loss.total.item()} in epoch {epoch + 1}. "
@@ -331,40 +375,47 @@ def _fit(
             scaler.update()
             scheduler.step()
             _accumulate(sums, loss, out.logits, y)
-            listener.advance(1, loss=loss.total.item(), acc=sums["correct"] / sums["seen"],
-                             ess=ess_fraction)
+            listener.advance(
+                1, loss=loss.total.item(), acc=sums["correct"] / sums["seen"], ess=ess_fraction
+            )
         seconds = time.perf_counter() - t0
 
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update({f"train_{k}": v / sums["seen"] for k, v in sums.items() if k != "seen"})
         record["train_acc"] = record.pop("train_correct")
-        record.update({
-            "resampled": resampled,
-            "ess": ess_fraction * len(weights),
-            "ess_fraction": ess_fraction,
-            "ess_by_class": {
-                name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
-                for c, name in enumerate(data.classes) if (y_train == c).any()
-            },
-            "seconds": seconds,
-            "images_per_s": len(order) / seconds,
-            "lr": scheduler.get_last_lr()[0],
-        })
+        record.update(
+            {
+                "resampled": resampled,
+                "ess": ess_fraction * len(weights),
+                "ess_fraction": ess_fraction,
+                "ess_by_class": {
+                    name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
+                    for c, name in enumerate(data.classes)
+                    if (y_train == c).any()
+                },
+                "seconds": seconds,
+                "images_per_s": len(order) / seconds,
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
         record.update(_validate(model, data, val_idx, device))
         history.append(record)
-        runio.save_checkpoint(run_dir / runio.CHECKPOINT, {
-            "format": 1,
-            "debias_version": debias.__version__,
-            "epoch": epoch + 1,
-            "classes": data.classes,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if use_amp else None,
-            "sampler_rng": sampler_rng.get_state(),
-            "noise_rng": noise_rng.get_state().cpu(),
-            "metrics": json.dumps(history),
-        })
+        runio.save_checkpoint(
+            run_dir / runio.CHECKPOINT,
+            {
+                "format": 1,
+                "debias_version": debias.__version__,
+                "epoch": epoch + 1,
+                "classes": data.classes,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if use_amp else None,
+                "sampler_rng": sampler_rng.get_state(),
+                "noise_rng": noise_rng.get_state().cpu(),
+                "metrics": json.dumps(history),
+            },
+        )
         runio.write_jsonl(run_dir / runio.METRICS, history)
         listener.epoch_end(record)
 
@@ -374,10 +425,15 @@ def _fit(
 
 
 def _epoch_weights(
-    config: TrainConfig, epoch: int, model: DBVAE, data: FaceData, train_idx: np.ndarray,
-    class_mask: torch.Tensor, device: torch.device,
+    config: TrainConfig,
+    epoch: int,
+    model: DBVAE,
+    data: FaceData,
+    train_idx: np.ndarray,
+    class_mask: torch.Tensor,
+    device: torch.device,
 ) -> tuple[torch.Tensor, bool]:
-    """This epoch's sampling weights over ``train_idx`` and whether they are non-uniform."""
+    """Return the epoch's sampling weights over ``train_idx`` and whether they are non-uniform."""
     if config.balance_groups:
         frame = data.frame.iloc[train_idx]
         return group_balanced_weights(frame, config.balance_groups, data.y[train_idx]), True
@@ -405,8 +461,10 @@ def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-def latent_weights(histogram: LatentHistogram, y: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
-    """The histogram's weights for the classes the VAE models; uniform within the other classes.
+def latent_weights(
+    histogram: LatentHistogram, y: torch.Tensor, class_mask: torch.Tensor
+) -> torch.Tensor:
+    """Use the histogram's weights for classes the VAE models, uniform ones for the others.
 
     Latents of classes the VAE does not model (non-faces in detection) carry no density to
     debias by, so those classes are sampled uniformly, keeping their share.
@@ -420,16 +478,22 @@ def latent_weights(histogram: LatentHistogram, y: torch.Tensor, class_mask: torc
 
 
 def _histogram(config: TrainConfig) -> LatentHistogram:
-    return LatentHistogram(bins=config.bins, alpha=config.alpha, combine=config.combine,
-                           ess_fraction=config.ess_fraction,
-                           n_components=config.density_components)
+    return LatentHistogram(
+        bins=config.bins,
+        alpha=config.alpha,
+        combine=config.combine,
+        ess_fraction=config.ess_fraction,
+        n_components=config.density_components,
+    )
 
 
-def _validate(model: DBVAE, data: FaceData, val_idx: np.ndarray, device: torch.device) -> dict[str, Any]:
+def _validate(
+    model: DBVAE, data: FaceData, val_idx: np.ndarray, device: torch.device
+) -> dict[str, Any]:
     if len(val_idx) == 0:
         return {"val_acc": None, "val_acc_by_group": None}
     _, probs = compute_latents(model, data.images, val_idx, device)
-    correct = (probs.argmax(1).numpy() == data.y[val_idx])
+    correct = probs.argmax(1).numpy() == data.y[val_idx]
     return {
         "val_acc": float(correct.mean()),
         "val_acc_by_group": group_accuracy(data.frame.iloc[val_idx], correct, data.group_columns),
@@ -437,8 +501,14 @@ def _validate(model: DBVAE, data: FaceData, val_idx: np.ndarray, device: torch.d
 
 
 def _write_samples(
-    model: DBVAE, data: FaceData, train_idx: np.ndarray, val_idx: np.ndarray,
-    config: TrainConfig, class_mask: torch.Tensor, device: torch.device, run_dir: Path,
+    model: DBVAE,
+    data: FaceData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    class_mask: torch.Tensor,
+    device: torch.device,
+    run_dir: Path,
 ) -> None:
     """samples.csv: each image's split, label, groups, latent log-density and sampling weight."""
     frame = data.frame.drop(columns=["split"], errors="ignore").copy()
@@ -453,10 +523,13 @@ def _write_samples(
         histogram = _histogram(config).fit(mu_train, y[train_idx])
         frame.loc[train_idx, "latent_log_density"] = histogram.log_density_.numpy()
         frame.loc[train_idx, "sampling_weight"] = latent_weights(
-            histogram, y[train_idx], class_mask).numpy()
+            histogram, y[train_idx], class_mask
+        ).numpy()
         if len(val_idx):
             mu_val, _ = compute_latents(model, data.images, val_idx, device)
-            frame.loc[val_idx, "latent_log_density"] = histogram.score_samples(mu_val, y[val_idx]).numpy()
+            frame.loc[val_idx, "latent_log_density"] = histogram.score_samples(
+                mu_val, y[val_idx]
+            ).numpy()
     else:
         frame.loc[train_idx, "sampling_weight"] = 1.0 / len(train_idx)
     runio.write_csv(run_dir / runio.SAMPLES, frame)

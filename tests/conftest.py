@@ -26,9 +26,14 @@ def draw(kind: int, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
 
 def tiny_config(**overrides: object) -> TrainConfig:
     """A model small enough to train in seconds on 2 CPU cores."""
-    base: dict[str, object] = dict(epochs=2, batch_size=16, val_fraction=0.2, warmup_epochs=0,
-                                   device="cpu", model=ModelConfig(image_size=16, latent_dim=8,
-                                                                    filters=4, hidden=32))
+    base: dict[str, object] = dict(
+        epochs=2,
+        batch_size=16,
+        val_fraction=0.2,
+        warmup_epochs=0,
+        device="cpu",
+        model=ModelConfig(image_size=16, latent_dim=8, filters=4, hidden=32),
+    )
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -71,7 +76,9 @@ def utkface_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
     root.mkdir()
     for i in range(24):
         gender, race = i % 2, i % 5
-        draw(gender, rng).save(root / f"{20 + i}_{gender}_{race}_2017011{i:02d}.jpg.chip.jpg", "JPEG")
+        draw(gender, rng).save(
+            root / f"{20 + i}_{gender}_{race}_2017011{i:02d}.jpg.chip.jpg", "JPEG"
+        )
     draw(0, rng).save(root / "39_1_20170116174525125.jpg.chip.jpg", "JPEG")  # lacks the race field
     return root
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import add_bad_files, draw
 from PIL import Image
 
-from conftest import add_bad_files, draw
 from debias.data import load_data, load_image, read_manifest, write_synthetic
 from debias.data.decode import UnreadableImage, decode_images
 from debias.errors import DataError
@@ -98,7 +98,9 @@ def test_missing_file_in_csv_is_reported(labels_dir: Path) -> None:
     (labels_dir / "img" / "3.png").unlink()
     data = load_data(labels_dir, image_size=16)
     assert len(data) == 47
-    assert [(Path(p).name, r) for p, r in data.skipped] == [("3.png", "file not found (or a broken link)")]
+    assert [(Path(p).name, r) for p, r in data.skipped] == [
+        ("3.png", "file not found (or a broken link)")
+    ]
 
 
 def test_utkface_names(utkface_dir: Path) -> None:
@@ -132,7 +134,9 @@ def test_celeba_layout_and_partition(celeba_dir: Path) -> None:
 
 def test_unknown_layout_lists_the_accepted_ones(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"no known data layout .* class folders .* labels CSV .* UTKFace .* CelebA"):
+    with pytest.raises(
+        DataError, match=r"no known data layout .* class folders .* labels CSV .* UTKFace .* CelebA"
+    ):
         read_manifest(tmp_path)
 
 
@@ -159,7 +163,7 @@ def test_one_class_is_an_error(class_folders: Path) -> None:
 def test_every_image_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
     rgb = draw(0, np.random.default_rng(0), size=40)
     if mode == "I;16":
-        arr = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+        arr = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
         img = Image.fromarray(arr)
         assert img.mode == "I;16"
         path = tmp_path / "x.png"
@@ -201,7 +205,9 @@ def test_large_data_sets_use_a_memory_mapped_cache(class_folders: Path, tmp_path
     assert isinstance(mapped, np.memmap) and not isinstance(in_ram, np.memmap)
     assert np.array_equal(in_ram, mapped)
     add_bad_files(class_folders / "face")
-    data = load_data(class_folders, image_size=16, cache_file=tmp_path / "d.npy", max_memory_bytes=100)
+    data = load_data(
+        class_folders, image_size=16, cache_file=tmp_path / "d.npy", max_memory_bytes=100
+    )
     assert isinstance(data.images, np.memmap) and len(data) == 40
     reference = load_data(class_folders, image_size=16)
     assert np.array_equal(np.asarray(data.images), reference.images)

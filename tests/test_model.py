@@ -58,7 +58,8 @@ def test_bug2_no_broadcast_of_per_sample_terms() -> None:
         assert term.shape == (7,)
     ce = torch.nn.functional.cross_entropy(out.logits, y, reduction="none")
     vae = (out.recon - x).abs().mean(dim=(1, 2, 3)) + 0.5 * 0.5 * (
-        out.logvar.exp() + out.mu**2 - 1 - out.logvar).sum(1)
+        out.logvar.exp() + out.mu**2 - 1 - out.logvar
+    ).sum(1)
     expected = (ce + mask * vae).mean()
     broadcast = (ce[:, None] + mask[:, None] * vae[None, :]).mean()
     assert torch.allclose(loss.total, expected)
@@ -66,7 +67,7 @@ def test_bug2_no_broadcast_of_per_sample_terms() -> None:
 
 
 def test_bug3_reparameterization_uses_half_logvar_as_log_std() -> None:
-    """Reference bug: exp(logvar) used as the standard deviation while the KL reads a log-variance."""
+    """Reference bug: exp(logvar) used as the std while the KL reads a log-variance."""
     mu = torch.zeros(200_000, 1)
     logvar = torch.full((200_000, 1), float(np.log(4.0)))  # variance 4, std 2
     z = DBVAE.reparameterize(mu, logvar, torch.Generator().manual_seed(0))

@@ -9,7 +9,9 @@ import torch
 from debias import LatentHistogram, effective_sample_size
 
 
-def _planted(n: int = 2000, k: int = 10, rare: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _planted(
+    n: int = 2000, k: int = 10, rare: int = 40, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard-normal latents with a small cluster far out on every dimension; two classes."""
     g = torch.Generator().manual_seed(seed)
     mu = torch.randn(n, k, generator=g)

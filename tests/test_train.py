@@ -14,21 +14,36 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_config
-from debias import ConfigError, DataError, ModelConfig, RunError, TrainConfig, load_model, resume, train, write_synthetic
+
+from debias import (
+    ConfigError,
+    DataError,
+    ModelConfig,
+    RunError,
+    TrainConfig,
+    load_model,
+    resume,
+    train,
+    write_synthetic,
+)
 from debias.data import load_data
 from debias.device import select_device
-from debias.train import group_balanced_weights
 from debias.model import preprocess
 from debias.run import load_checkpoint
+from debias.train import group_balanced_weights
 
 
 def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = train(tiny_config(data=str(labels_dir), out=str(out), epochs=2, warmup_epochs=1))
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "checkpoint.pt", "metrics.jsonl", "samples.csv", "skipped.csv"}
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "samples.csv",
+        "skipped.csv",
+    }
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["classes"] == ["a", "b"]
     assert config["data"]["group_columns"] == ["skin"]
@@ -55,8 +70,11 @@ def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None
 
 def test_model_loads_and_predicts(labels_dir: Path, tmp_path: Path) -> None:
     # 12 epochs of 5 steps: enough updates for BatchNorm's running statistics to settle.
-    result = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "run"), epochs=12,
-                               batch_size=8, lr=3e-3))
+    result = train(
+        tiny_config(
+            data=str(labels_dir), out=str(tmp_path / "run"), epochs=12, batch_size=8, lr=3e-3
+        )
+    )
     model, config = load_model(tmp_path / "run")
     data = load_data(labels_dir, image_size=16)
     probs = model.predict_proba(preprocess(torch.from_numpy(data.images)))
@@ -68,7 +86,9 @@ def test_model_loads_and_predicts(labels_dir: Path, tmp_path: Path) -> None:
 def test_baseline_samples_uniformly(labels_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "plain"
     result = train(tiny_config(data=str(labels_dir), out=str(out), baseline=True))
-    assert all(not m["resampled"] and m["ess_fraction"] == pytest.approx(1.0) for m in result.metrics)
+    assert all(
+        not m["resampled"] and m["ess_fraction"] == pytest.approx(1.0) for m in result.metrics
+    )
     assert all(m["train_reconstruction"] > 0 for m in result.metrics)  # reported, not trained on
     samples = pd.read_csv(out / "samples.csv")
     assert samples.loc[samples["split"] == "train", "sampling_weight"].nunique() == 1
@@ -92,8 +112,15 @@ def test_vae_models_faces_only_for_detection(class_folders: Path, tmp_path: Path
 def test_vae_on_positive_needs_a_positive_class(labels_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--positive-class"):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), vae_on="positive"))
-    result = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "s"), vae_on="positive",
-                               positive_class="a", epochs=1))
+    result = train(
+        tiny_config(
+            data=str(labels_dir),
+            out=str(tmp_path / "s"),
+            vae_on="positive",
+            positive_class="a",
+            epochs=1,
+        )
+    )
     assert result.metrics[0]["train_kl"] > 0
 
 
@@ -107,10 +134,17 @@ def test_an_existing_run_is_not_overwritten(labels_dir: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("epochs", 0, "epochs"), ("bins", -1, "bins"), ("alpha", 0.0, "alpha"),
-     ("combine", "sum", "combine"), ("device", "tpu", "device")],
+    [
+        ("epochs", 0, "epochs"),
+        ("bins", -1, "bins"),
+        ("alpha", 0.0, "alpha"),
+        ("combine", "sum", "combine"),
+        ("device", "tpu", "device"),
+    ],
 )
-def test_invalid_options(labels_dir: Path, tmp_path: Path, field: str, value: object, match: str) -> None:
+def test_invalid_options(
+    labels_dir: Path, tmp_path: Path, field: str, value: object, match: str
+) -> None:
     with pytest.raises(ConfigError, match=match):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), **{field: value}))
 
@@ -132,11 +166,12 @@ def test_same_seed_same_weights(labels_dir: Path, tmp_path: Path) -> None:
 
 
 def test_rare_faces_get_higher_sampling_weight(tmp_path: Path) -> None:
-    """On the skewed synthetic set, the label-free resampler upweights the rare dark-skinned faces."""
+    """On the skewed synthetic set, the label-free resampler upweights rare dark-skinned faces."""
     write_synthetic(tmp_path / "synth", n_faces=800, n_non_faces=300, dark_fraction=0.1, size=32)
     out = tmp_path / "run"
-    config = tiny_config(data=str(tmp_path / "synth"), out=str(out), epochs=8, warmup_epochs=1,
-                         batch_size=32)
+    config = tiny_config(
+        data=str(tmp_path / "synth"), out=str(out), epochs=8, warmup_epochs=1, batch_size=32
+    )
     config.model = ModelConfig(image_size=32, latent_dim=16, filters=8, hidden=64)
     train(config)
     samples = pd.read_csv(out / "samples.csv")
@@ -153,15 +188,39 @@ def _debias() -> list[str]:
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "synth", n_faces=300, n_non_faces=300, size=32, seed=1)
-    args = ["train", "--data", str(tmp_path / "synth"), "--epochs", "8", "--image-size", "32",
-            "--latent-dim", "8", "--filters", "4", "--hidden", "32", "--device", "cpu",
-            "--batch-size", "16", "--seed", "5"]
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "synth"),
+        "--epochs",
+        "8",
+        "--image-size",
+        "32",
+        "--latent-dim",
+        "8",
+        "--filters",
+        "4",
+        "--hidden",
+        "32",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--seed",
+        "5",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run(_debias() + args + ["--out", str(whole)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        _debias() + args + ["--out", str(whole)], check=True, env=env, capture_output=True
+    )
 
-    proc = subprocess.Popen(_debias() + args + ["--out", str(cut)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _debias() + args + ["--out", str(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = cut / "metrics.jsonl"
     rng = np.random.default_rng()
     target_epoch = int(rng.integers(1, 4))
@@ -178,8 +237,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
     # Whatever the kill interrupted, the files in place are whole (writes are temp + rename).
     assert all(json.loads(line)["epoch"] <= killed_at for line in metrics.read_text().splitlines())
 
-    done = subprocess.run(_debias() + ["train", "--resume", str(cut)], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        _debias() + ["train", "--resume", str(cut)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     a = load_checkpoint(whole / "checkpoint.pt")
     b = load_checkpoint(cut / "checkpoint.pt")
@@ -219,14 +279,23 @@ def test_group_balanced_weights_equalise_cells_within_each_class() -> None:
 
 
 def test_oracle_run_reads_the_group_column(labels_dir: Path, tmp_path: Path) -> None:
-    result = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "o"), baseline=True,
-                               balance_groups=["skin"], epochs=1))
+    result = train(
+        tiny_config(
+            data=str(labels_dir),
+            out=str(tmp_path / "o"),
+            baseline=True,
+            balance_groups=["skin"],
+            epochs=1,
+        )
+    )
     assert result.metrics[0]["resampled"] and result.metrics[0]["ess_fraction"] < 1
     with pytest.raises(DataError, match=r"--groups 'tone' is not a column"):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "p"), balance_groups=["tone"]))
 
 
-def test_classes_the_vae_does_not_model_are_sampled_uniformly(class_folders: Path, tmp_path: Path) -> None:
+def test_classes_the_vae_does_not_model_are_sampled_uniformly(
+    class_folders: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "r"
     train(tiny_config(data=str(class_folders), out=str(out), epochs=1))
     samples = pd.read_csv(out / "samples.csv")

@@ -1,4 +1,4 @@
-"""Data loading: layouts, decoding, and the synthetic demo set. Only this package knows file layouts."""
+"""Data loading: layouts, decoding and the synthetic demo set; only this package knows layouts."""
 
 from debias.data.decode import IMAGE_EXTENSIONS, UnreadableImage, decode_images, load_image
 from debias.data.manifest import FaceData, Manifest, load_data, read_manifest

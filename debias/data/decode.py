@@ -16,7 +16,18 @@ import torch
 from PIL import Image, ImageOps
 
 # torchvision's IMG_EXTENSIONS plus GIF, which PIL reads too.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
 
 # Above this many bytes the decoded cache goes to a memory-mapped file instead of RAM.
 DEFAULT_CACHE_BYTES = 4 * 1024**3

@@ -23,7 +23,13 @@ UTK_GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
 UTK_RACES = ("White", "Black", "Asian", "Indian", "Others")
 UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_\d+")
 UTK_LIKE = re.compile(r"^\d+_\d+_")
-AGE_BUCKETS = ((0, 17, "0-17"), (18, 29, "18-29"), (30, 44, "30-44"), (45, 59, "45-59"), (60, 200, "60+"))
+AGE_BUCKETS = (
+    (0, 17, "0-17"),
+    (18, 29, "18-29"),
+    (30, 44, "30-44"),
+    (45, 59, "45-59"),
+    (60, 200, "60+"),
+)
 
 CELEBA_ATTRS = "list_attr_celeba.txt"
 CELEBA_IMAGES = "img_align_celeba"
@@ -49,7 +55,9 @@ def class_folders(root: Path) -> list[Path]:
     return [
         d
         for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and not is_image_name(d.name)
+        if d.is_dir()
+        and not d.name.startswith(".")
+        and not is_image_name(d.name)
         and any(is_image_name(f.name) for f in d.rglob("*") if not f.name.startswith("."))
     ]
 
@@ -62,15 +70,21 @@ def read_class_folders(root: Path) -> tuple[pd.DataFrame, Skipped]:
             if is_image_name(f.name):
                 rows.append((str(f), folder.name))
             else:
-                skipped.append((str(f), f"not an image file extension ({', '.join(IMAGE_EXTENSIONS)})"))
+                skipped.append(
+                    (str(f), f"not an image file extension ({', '.join(IMAGE_EXTENSIONS)})")
+                )
     return pd.DataFrame(rows, columns=["path", "label"]), skipped
 
 
 def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
-    """Read a labels CSV: a ``path`` column relative to the CSV's folder, a label column, attributes."""
+    """Read a labels CSV: ``path`` (relative to the CSV's folder), a label, attributes."""
     try:
         frame = pd.read_csv(
-            csv_path, dtype=str, keep_default_na=False, sep=None, engine="python",
+            csv_path,
+            dtype=str,
+            keep_default_na=False,
+            sep=None,
+            engine="python",
             encoding="utf-8-sig",
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
@@ -79,25 +93,39 @@ def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, S
     columns = ", ".join(frame.columns)
     target = target or "label"
     if "path" not in frame.columns:
-        raise errors.DataError(errors.MISSING_COLUMN.format(
-            path=csv_path, column="path", columns=columns,
-            fix="Add a 'path' column with image paths relative to the CSV's folder."))
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=csv_path,
+                column="path",
+                columns=columns,
+                fix="Add a 'path' column with image paths relative to the CSV's folder.",
+            )
+        )
     if target not in frame.columns:
-        raise errors.DataError(errors.MISSING_COLUMN.format(
-            path=csv_path, column=target, columns=columns,
-            fix="Pass --target COLUMN to choose the label column, or add a 'label' column."))
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=csv_path,
+                column=target,
+                columns=columns,
+                fix="Pass --target COLUMN to choose the label column, or add a 'label' column.",
+            )
+        )
     for column in ("path", target):
         empty = frame.index[frame[column].str.strip() == ""]
         if len(empty):
-            raise errors.DataError(errors.EMPTY_LABEL.format(
-                path=csv_path, count=len(empty), column=column, row=int(empty[0]) + 2))
+            raise errors.DataError(
+                errors.EMPTY_LABEL.format(
+                    path=csv_path, count=len(empty), column=column, row=int(empty[0]) + 2
+                )
+            )
     root = csv_path.parent.resolve()
     paths = []
     for i, value in enumerate(frame["path"]):
         full = (root / value.strip()).resolve()
         if not full.is_relative_to(root):
-            raise errors.DataError(errors.PATH_ESCAPES.format(
-                path=csv_path, row=i + 2, value=value, root=root))
+            raise errors.DataError(
+                errors.PATH_ESCAPES.format(path=csv_path, row=i + 2, value=value, root=root)
+            )
         paths.append(str(full))
     attrs = frame.drop(columns=["path", target])
     if "label" in attrs.columns:  # the original label column is kept as an attribute
@@ -122,8 +150,9 @@ def read_utkface(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]
     """Read UTKFace file names ``age_gender_race_timestamp.jpg...`` under ``root``."""
     target = target or "gender"
     if target not in UTK_TARGETS:
-        raise errors.DataError(errors.BAD_TARGET.format(
-            path=root, target=target, choices=", ".join(UTK_TARGETS)))
+        raise errors.DataError(
+            errors.BAD_TARGET.format(path=root, target=target, choices=", ".join(UTK_TARGETS))
+        )
     rows, skipped = [], []
     for f in _visible_files(root):
         if not is_image_name(f.name):
@@ -145,7 +174,7 @@ def is_celeba(root: Path) -> bool:
 
 
 def read_celeba(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
-    """Read CelebA: ``img_align_celeba/`` + ``list_attr_celeba.txt`` (+ ``list_eval_partition.txt``)."""
+    """Read CelebA: ``img_align_celeba/``, ``list_attr_celeba.txt``, ``list_eval_partition.txt``."""
     attr_file = root / CELEBA_ATTRS
     try:
         with open(attr_file, encoding="utf-8") as fh:
@@ -155,11 +184,16 @@ def read_celeba(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise errors.DataError(errors.BAD_CELEBA.format(path=attr_file, reason=exc)) from None
     if not names or table.shape[1] != len(names) + 1:
-        raise errors.DataError(errors.BAD_CELEBA.format(
-            path=attr_file, reason=f"{len(names)} attribute names but {table.shape[1] - 1} values a row"))
+        raise errors.DataError(
+            errors.BAD_CELEBA.format(
+                path=attr_file,
+                reason=f"{len(names)} attribute names but {table.shape[1] - 1} values a row",
+            )
+        )
     if target is None or target not in names:
-        raise errors.DataError(errors.BAD_TARGET.format(
-            path=attr_file, target=target, choices=", ".join(names)))
+        raise errors.DataError(
+            errors.BAD_TARGET.format(path=attr_file, target=target, choices=", ".join(names))
+        )
     table.columns = ["file", *names]
     frame = pd.DataFrame({"path": [str(root / CELEBA_IMAGES / f) for f in table["file"]]})
     frame["label"] = table[target].map({"1": "yes", "-1": "no"}).fillna("")
@@ -169,6 +203,7 @@ def read_celeba(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
     partition = root / CELEBA_PARTITION
     if partition.is_file():
         split = pd.read_csv(partition, sep=r"\s+", header=None, dtype=str, names=["file", "split"])
-        frame["split"] = table["file"].map(dict(zip(split["file"], split["split"]))).map(CELEBA_SPLITS)
+        split_of = dict(zip(split["file"], split["split"], strict=True))
+        frame["split"] = table["file"].map(split_of).map(CELEBA_SPLITS)
         frame["split"] = frame["split"].fillna("train")
     return frame, []

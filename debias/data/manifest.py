@@ -139,8 +139,11 @@ def read_manifest(
         return Manifest(frame, "utkface", str(root), skipped)
     if layouts.class_folders(root):
         if target is not None:
-            raise errors.DataError(errors.BAD_TARGET.format(
-                path=root, target=target, choices="none: class folders are the labels"))
+            raise errors.DataError(
+                errors.BAD_TARGET.format(
+                    path=root, target=target, choices="none: class folders are the labels"
+                )
+            )
         frame, skipped = layouts.read_class_folders(root)
         return Manifest(frame, "class-folders", str(root), skipped)
     raise errors.DataError(errors.UNKNOWN_LAYOUT.format(path=root))
@@ -213,28 +216,41 @@ def load_data(
     frame = frame.reset_index(drop=True)
     skipped = list(manifest.skipped)
     if strict and skipped:
-        raise errors.DataError(errors.UNREADABLE_STRICT.format(
-            path=skipped[0][0], reason=skipped[0][1], count=len(skipped)))
+        raise errors.DataError(
+            errors.UNREADABLE_STRICT.format(
+                path=skipped[0][0], reason=skipped[0][1], count=len(skipped)
+            )
+        )
 
     if on_start is not None:
         on_start(len(frame))
     images, failures = decode_images(
-        frame["path"].tolist(), image_size, cache_file=cache_file,
-        max_memory_bytes=max_memory_bytes, num_workers=num_workers, on_advance=on_advance,
+        frame["path"].tolist(),
+        image_size,
+        cache_file=cache_file,
+        max_memory_bytes=max_memory_bytes,
+        num_workers=num_workers,
+        on_advance=on_advance,
     )
     if failures:
         if strict:
             i, reason = next(iter(failures.items()))
-            raise errors.DataError(errors.UNREADABLE_STRICT.format(
-                path=frame["path"][i], reason=reason, count=len(failures) + len(skipped)))
+            raise errors.DataError(
+                errors.UNREADABLE_STRICT.format(
+                    path=frame["path"][i], reason=reason, count=len(failures) + len(skipped)
+                )
+            )
         skipped += [(frame["path"][i], reason) for i, reason in failures.items()]
         keep = np.setdiff1d(np.arange(len(frame)), np.fromiter(failures, dtype=np.int64))
         frame = frame.iloc[keep].reset_index(drop=True)
         images = _compact(images, keep)
 
     if len(frame) == 0:
-        raise errors.DataError(errors.NO_IMAGES.format(
-            path=manifest.source, skipped=len(skipped), exts=", ".join(IMAGE_EXTENSIONS)))
+        raise errors.DataError(
+            errors.NO_IMAGES.format(
+                path=manifest.source, skipped=len(skipped), exts=", ".join(IMAGE_EXTENSIONS)
+            )
+        )
     classes = sorted(frame["label"].unique().tolist())
     if len(classes) < 2:
         raise errors.DataError(errors.ONE_CLASS.format(path=manifest.source, name=classes[0]))
@@ -244,15 +260,19 @@ def load_data(
         group_columns = list(groups)
         for g in group_columns:
             if g not in frame.columns or g in RESERVED:
-                raise errors.DataError(errors.UNKNOWN_GROUP.format(
-                    group=g, columns=", ".join(manifest.attribute_columns) or "none"))
+                raise errors.DataError(
+                    errors.UNKNOWN_GROUP.format(
+                        group=g, columns=", ".join(manifest.attribute_columns) or "none"
+                    )
+                )
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64, copy=True)
-    return FaceData(frame, images, classes, y, group_columns, skipped, manifest.layout,
-                    manifest.source)
+    return FaceData(
+        frame, images, classes, y, group_columns, skipped, manifest.layout, manifest.source
+    )
 
 
 def _compact(images: np.ndarray, keep: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Move rows ``keep`` (sorted) to the front in place, so a memory-mapped cache is never copied."""
+    """Move rows ``keep`` (sorted) to the front in place: a memory-mapped cache is never copied."""
     for start in range(0, len(keep), chunk):
         # keep[j] >= j, so each chunk reads only rows that no earlier chunk has overwritten.
         rows = keep[start : start + chunk]

@@ -51,18 +51,32 @@ def draw_face(rng: np.random.Generator, size: int, *, dark: bool, glasses: bool)
     eye_y, eye_dx = cy - h * rng.uniform(0.1, 0.25), w * rng.uniform(0.35, 0.5)
     r = s * 0.035
     for ex in (cx - eye_dx, cx + eye_dx):
-        d.ellipse([ex - 2 * r, eye_y - r, ex + 2 * r, eye_y + r], fill=_jitter(rng, (235, 235, 230), 10))
+        d.ellipse(
+            [ex - 2 * r, eye_y - r, ex + 2 * r, eye_y + r], fill=_jitter(rng, (235, 235, 230), 10)
+        )
         d.ellipse([ex - r, eye_y - r, ex + r, eye_y + r], fill=feature)
         if glasses:
-            d.ellipse([ex - 3.2 * r, eye_y - 2.5 * r, ex + 3.2 * r, eye_y + 2.5 * r],
-                      outline=(20, 20, 20), width=max(1, s // 64))
-    d.line([cx, eye_y + r * 2, cx - r, cy + h * 0.25, cx + r * 0.5, cy + h * 0.3], fill=feature,
-           width=max(1, s // 80))
+            d.ellipse(
+                [ex - 3.2 * r, eye_y - 2.5 * r, ex + 3.2 * r, eye_y + 2.5 * r],
+                outline=(20, 20, 20),
+                width=max(1, s // 64),
+            )
+    d.line(
+        [cx, eye_y + r * 2, cx - r, cy + h * 0.25, cx + r * 0.5, cy + h * 0.3],
+        fill=feature,
+        width=max(1, s // 80),
+    )
     mouth_w, mouth_y = w * rng.uniform(0.35, 0.6), cy + h * rng.uniform(0.45, 0.6)
     smile = rng.uniform(0, s * 0.05)
-    d.chord([cx - mouth_w, mouth_y - smile, cx + mouth_w, mouth_y + smile + r], 0, 180,
-            fill=_jitter(rng, (150, 60, 60), 25) if not dark else feature)
-    img = img.rotate(rng.normal(0, 8), resample=Image.Resampling.BILINEAR, fillcolor=img.getpixel((0, 0)))
+    d.chord(
+        [cx - mouth_w, mouth_y - smile, cx + mouth_w, mouth_y + smile + r],
+        0,
+        180,
+        fill=_jitter(rng, (150, 60, 60), 25) if not dark else feature,
+    )
+    img = img.rotate(
+        rng.normal(0, 8), resample=Image.Resampling.BILINEAR, fillcolor=img.getpixel((0, 0))
+    )
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
