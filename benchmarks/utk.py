@@ -65,6 +65,10 @@ METHODS = {
     "product": Method(
         "paper's product rule in log space, alpha 1e-3", {**LAB, "combine": "product"}
     ),
+    "lab-cosine": Method(
+        "the lab recipe at the project's cosine schedule (isolates the rule)",
+        {**LAB, "lr_schedule": "cosine"},
+    ),
     "default": Method("the project's default TrainConfig", {}),
 }
 
