@@ -28,15 +28,13 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for sizes the architecture cannot take."""
-        if self.image_size < 16 or self.image_size % 16:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="image-size",
-                    value=self.image_size,
-                    problem="the encoder halves the image four times",
-                    fix="Use a multiple of 16 (e.g. 64).",
-                )
-            )
+        _check(
+            self.image_size >= 16 and self.image_size % 16 == 0,
+            "image_size",
+            self.image_size,
+            "the encoder halves the image four times",
+            "Use a multiple of 16 (e.g. 64).",
+        )
         for name in ("latent_dim", "filters", "hidden"):
             _positive(name, getattr(self, name))
 
@@ -98,66 +96,50 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "bins"):
             _positive(name, getattr(self, name))
         for name in ("lr", "alpha"):
-            if not getattr(self, name) > 0:
-                raise errors.ConfigError(
-                    errors.BAD_OPTION.format(
-                        option=name.replace("_", "-"),
-                        value=getattr(self, name),
-                        problem="must be greater than 0",
-                        fix="Pass a positive number.",
-                    )
-                )
-        if self.kl_weight < 0:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="kl-weight",
-                    value=self.kl_weight,
-                    problem="must not be negative",
-                    fix="Pass 0 or a positive number.",
-                )
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="val-fraction",
-                    value=self.val_fraction,
-                    problem="must be in [0, 1)",
-                    fix="Pass e.g. 0.1.",
-                )
-            )
-        if self.ess_fraction is not None and not 0 < self.ess_fraction <= 1:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="ess-fraction",
-                    value=self.ess_fraction,
-                    problem="must be in (0, 1]",
-                    fix="Pass e.g. 0.5, or none to use alpha alone.",
-                )
-            )
-        if self.warmup_epochs < 0:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="warmup-epochs",
-                    value=self.warmup_epochs,
-                    problem="must not be negative",
-                    fix="Pass 0 or more.",
-                )
-            )
+            value = getattr(self, name)
+            _check(value > 0, name, value, "must be greater than 0", "Pass a positive number.")
+        _check(
+            self.kl_weight >= 0,
+            "kl_weight",
+            self.kl_weight,
+            "must not be negative",
+            "Pass 0 or a positive number.",
+        )
+        _check(
+            0 <= self.val_fraction < 1,
+            "val_fraction",
+            self.val_fraction,
+            "must be in [0, 1)",
+            "Pass e.g. 0.1.",
+        )
+        _check(
+            self.ess_fraction is None or 0 < self.ess_fraction <= 1,
+            "ess_fraction",
+            self.ess_fraction,
+            "must be in (0, 1]",
+            "Pass e.g. 0.5, or 0 to use alpha alone.",
+        )
+        _check(
+            self.warmup_epochs >= 0,
+            "warmup_epochs",
+            self.warmup_epochs,
+            "must not be negative",
+            "Pass 0 or more.",
+        )
         for name, allowed in (
             ("combine", Combine),
             ("vae_on", VaeOn),
             ("recon", Recon),
             ("lr_schedule", LrSchedule),
         ):
-            if getattr(self, name) not in allowed.__args__:
-                raise errors.ConfigError(
-                    errors.BAD_OPTION.format(
-                        option=name.replace("_", "-"),
-                        value=getattr(self, name),
-                        problem="unknown choice",
-                        fix=f"Use one of {', '.join(allowed.__args__)}.",
-                    )
-                )
+            value = getattr(self, name)
+            _check(
+                value in allowed.__args__,
+                name,
+                value,
+                "unknown choice",
+                f"Use one of {', '.join(allowed.__args__)}.",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the ``train`` section of ``config.json``)."""
@@ -173,13 +155,20 @@ class TrainConfig:
         return cls(**d, model=model)
 
 
-def _positive(name: str, value: int) -> None:
-    if not (isinstance(value, int) and value > 0):
+def _check(ok: bool, name: str, value: object, problem: str, fix: str) -> None:
+    if not ok:
         raise errors.ConfigError(
             errors.BAD_OPTION.format(
-                option=name.replace("_", "-"),
-                value=value,
-                problem="must be a whole number above 0",
-                fix="Pass e.g. 10.",
+                option=name.replace("_", "-"), value=value, problem=problem, fix=fix
             )
         )
+
+
+def _positive(name: str, value: int) -> None:
+    _check(
+        isinstance(value, int) and value > 0,
+        name,
+        value,
+        "must be a whole number above 0",
+        "Pass e.g. 10.",
+    )

@@ -12,6 +12,20 @@ from debias import ModelConfig, TrainConfig
 
 SIZE = 24  # drawn image side; loaders resize to the config's image_size
 
+# CLI options for a model small enough to train in seconds (add --image-size).
+TINY_ARGS = [
+    "--latent-dim",
+    "8",
+    "--filters",
+    "4",
+    "--hidden",
+    "32",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "16",
+]
+
 
 def draw(kind: int, rng: np.random.Generator, size: int = SIZE) -> Image.Image:
     """A learnable image: class 0 has a bright square top-left, class 1 bottom-right."""

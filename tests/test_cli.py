@@ -8,25 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ARGS
 from typer.testing import CliRunner
 
 from cli.main import app
 
 runner = CliRunner()
-TINY = [
-    "--image-size",
-    "16",
-    "--latent-dim",
-    "8",
-    "--filters",
-    "4",
-    "--hidden",
-    "32",
-    "--device",
-    "cpu",
-    "--batch-size",
-    "16",
-]
+TINY = ["--image-size", "16", *TINY_ARGS]
 
 
 def _one_line_error(result, pattern: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import TINY_ARGS, tiny_config
 
 from debias import (
     ConfigError,
@@ -196,16 +196,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:
         "8",
         "--image-size",
         "32",
-        "--latent-dim",
-        "8",
-        "--filters",
-        "4",
-        "--hidden",
-        "32",
-        "--device",
-        "cpu",
-        "--batch-size",
-        "16",
+        *TINY_ARGS,
         "--seed",
         "5",
     ]
