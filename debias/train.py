@@ -28,6 +28,7 @@ from debias import run as runio
 from debias.augment import augment
 from debias.config import TrainConfig
 from debias.data import FaceData, load_data
+from debias.data.manifest import check_groups
 from debias.device import select_device
 from debias.model import DBVAE, Loss, dbvae_loss, preprocess
 from debias.resample import LatentHistogram, effective_sample_size
@@ -266,13 +267,7 @@ def _fit(
             run_dir / runio.SKIPPED,
         )
     runio.write_csv(run_dir / runio.SKIPPED, pd.DataFrame(data.skipped, columns=["path", "reason"]))
-    for column in config.balance_groups or []:
-        if column not in data.frame.columns:
-            raise errors.DataError(
-                errors.UNKNOWN_GROUP.format(
-                    group=column, columns=", ".join(data.frame.columns[2:]) or "none"
-                )
-            )
+    check_groups(data.frame, config.balance_groups or [])
     train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
     class_mask, positive = vae_mask_for(config, data.classes)
 

@@ -162,6 +162,17 @@ def default_groups(manifest: Manifest) -> list[str]:
     return out
 
 
+def check_groups(frame: pd.DataFrame, groups: Sequence[str]) -> list[str]:
+    """Return ``groups`` as a list, or raise DataError naming the attribute columns there are."""
+    attributes = [c for c in frame.columns if c not in RESERVED]
+    for g in groups:
+        if g not in attributes:
+            raise errors.DataError(
+                errors.UNKNOWN_GROUP.format(group=g, columns=", ".join(attributes) or "none")
+            )
+    return list(groups)
+
+
 def load_data(
     data: str | os.PathLike[str] | None = None,
     *,
@@ -257,14 +268,7 @@ def load_data(
     if groups is None:
         group_columns = default_groups(Manifest(frame, manifest.layout, manifest.source))
     else:
-        group_columns = list(groups)
-        for g in group_columns:
-            if g not in frame.columns or g in RESERVED:
-                raise errors.DataError(
-                    errors.UNKNOWN_GROUP.format(
-                        group=g, columns=", ".join(manifest.attribute_columns) or "none"
-                    )
-                )
+        group_columns = check_groups(frame, groups)
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64, copy=True)
     return FaceData(
         frame, images, classes, y, group_columns, skipped, manifest.layout, manifest.source
