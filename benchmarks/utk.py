@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from sections import write_section  # benchmarks/ is on sys.path when run as a script
 
 TASKS = {
     "utk-gender": ("utk-gender-train.csv", "utk-gender-test.csv"),
@@ -165,7 +166,7 @@ def write_report(out: Path, command: str, target: Path) -> None:
     records = [json.loads(p.read_text()) for p in sorted((out / "results").rglob("*.json"))]
     commands = sorted({r.get("command", command) for r in records})
     lines = [
-        "# Benchmark results",
+        "## Debiasing on real faces (issue 3)",
         "",
         "Produced by (each result records its command):",
         "",
@@ -262,7 +263,7 @@ def write_report(out: Path, command: str, target: Path) -> None:
     lines += ["## Methods", ""] + [
         f"- `{k}`: {m.description}; overrides `{m.overrides}`" for k, m in METHODS.items()
     ]
-    (target / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    write_section(target / "RESULTS.md", "utk", "\n".join(lines))
     (target / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

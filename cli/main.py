@@ -19,8 +19,11 @@ import typer
 from rich.console import Console
 
 from cli.progress import RichListener
+from cli.tables import show_audit
 from debias import TrainConfig, errors, write_synthetic
 from debias import train as train_run
+from debias.audit import AuditConfig
+from debias.audit_run import run_audit
 from debias.config import ModelConfig
 from debias.train import resume as resume_run
 
@@ -226,6 +229,146 @@ def _config_from(given: dict[str, object]) -> TrainConfig:
         values["ess_fraction"] = None
     model = ModelConfig(**{k: v for k, v in values.items() if k in model_fields})
     return TrainConfig(**{k: v for k, v in values.items() if k in train_fields}, model=model)
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
+
+
+def _floats(option: str, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise errors.ConfigError(
+            errors.BAD_OPTION.format(
+                option=option,
+                value=value,
+                problem="not comma-separated numbers",
+                fix="Use e.g. 0.485,0.456,0.406.",
+            )
+        ) from None
+
+
+def _references(value: str | None, groups: list[str] | None) -> dict[str, str]:
+    """``race=White,gender=male`` (or a bare ``White`` with a single group) as a dict."""
+    out: dict[str, str] = {}
+    for part in _split_list(value) or []:
+        attribute, sep, group = part.partition("=")
+        if not sep:
+            if not groups or len(groups) != 1:
+                raise errors.ConfigError(
+                    errors.BAD_OPTION.format(
+                        option="reference",
+                        value=part,
+                        problem="does not say which attribute it is a group of",
+                        fix="Write it as ATTRIBUTE=GROUP, e.g. race=White.",
+                    )
+                )
+            attribute, group = groups[0], part
+        out[attribute.strip()] = group.strip()
+    return out
+
+
+@app.command()
+def audit(
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Classifier to audit: a debias run folder, TorchScript or ONNX file."),
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Or a CSV of predictions: y_true, y_pred (or score + --threshold), groups."
+        ),
+    ] = None,
+    data: DataOpt = None,
+    labels: LabelsOpt = None,
+    target: TargetOpt = None,
+    groups: GroupsOpt = None,
+    split: Annotated[
+        str | None, typer.Option(help="Audit only this split (train/val/test) of a partition.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input side of an external model (default 64).")
+    ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(help="External model input mean per channel, e.g. 0.485,0.456,0.406."),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(help="External model input std per channel, e.g. 0.229,0.224,0.225."),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="External model class names in output order (default: sorted)."),
+    ] = None,
+    embed_with: Annotated[
+        Path | None,
+        typer.Option(help="DB-VAE run whose latents find slices (default: --model if a run)."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Decision threshold on a CSV's score column.")
+    ] = AuditConfig.threshold,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Reference group per attribute, e.g. race=White (default: largest)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap replicates for confidence intervals (0: none).")
+    ] = AuditConfig.bootstrap,
+    ci: Annotated[float, typer.Option(help="Confidence level.")] = AuditConfig.ci,
+    tau: Annotated[
+        float, typer.Option(help="Four-fifths rule: fair iff tau <= ratio <= 1/tau.")
+    ] = AuditConfig.tau,
+    min_group_size: Annotated[
+        int, typer.Option(help="Smaller groups are reported as too small to judge.")
+    ] = AuditConfig.min_group_size,
+    pos_label: Annotated[
+        str | None, typer.Option(help="Positive class of a binary target.")
+    ] = None,
+    slices: Annotated[
+        int, typer.Option(help="Latent clusters for label-free slice discovery.")
+    ] = AuditConfig.slices,
+    seed: Annotated[int, typer.Option()] = AuditConfig.seed,
+    device: DeviceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default reports/audit-<date-time>).")
+    ] = None,
+) -> None:
+    """Audit a classifier per group and intersection, with confidence intervals and slices."""
+    with _errors():
+        group_list = _split_list(groups)
+        config = AuditConfig(
+            model=str(model) if model else None,
+            predictions=str(predictions) if predictions else None,
+            data=str(data) if data else None,
+            labels=str(labels) if labels else None,
+            target=target,
+            split=split,
+            image_size=image_size,
+            mean=_floats("mean", mean),
+            std=_floats("std", std),
+            classes=_split_list(classes),
+            embed_with=str(embed_with) if embed_with else None,
+            threshold=threshold,
+            groups=group_list or [],
+            reference=_references(reference, group_list),
+            bootstrap=bootstrap,
+            ci=ci,
+            tau=tau,
+            min_group_size=min_group_size,
+            pos_label=pos_label,
+            slices=slices,
+            seed=seed,
+            device=device or "auto",
+            out=str(out) if out else None,
+        )
+        with RichListener(console) as listener:
+            report = run_audit(config, listener=listener)
+    show_audit(console, report)
 
 
 @data_app.command("synth")

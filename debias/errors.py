@@ -87,3 +87,33 @@ RESUME_OPTIONS = (
     "--resume takes the configuration saved in {path}/config.json; only --epochs and --device "
     "may change. Drop {options}."
 )
+
+PICKLED_MODEL = (
+    "{path}: is a Python pickle (a torch.save of a whole model?); debias never unpickles files "
+    "because that can run arbitrary code. Export the model as TorchScript "
+    "(torch.jit.save(torch.jit.trace(model, example), path)) or ONNX (torch.onnx.export)."
+)
+NOT_A_MODEL = (
+    "{path}: not a TorchScript or ONNX model ({reason}). Pass a debias run folder, a TorchScript "
+    "file (torch.jit.save) or an .onnx file."
+)
+NO_ONNXRUNTIME = (
+    "{path}: ONNX models need onnxruntime, which is not installed. "
+    "Install it with: pip install 'debias[onnx]'."
+)
+MODEL_OUTPUT = (
+    "{path}: the model's output has shape {shape}, expected {expected}. Pass --classes with the "
+    "class names in the model's output order, and check --image-size, --mean and --std."
+)
+CLASS_MISMATCH = (
+    "{source}: the data has class(es) {unknown} that the model does not predict (its classes: "
+    "{classes}). Pass --classes with the model's class names in output order, or --target."
+)
+EMPTY_GROUP = (
+    "{path}: group column {column!r} is empty in every row. "
+    "Fill it in, or leave it out of --groups."
+)
+NO_GROUPS = (
+    "{path}: no group columns to audit by (columns: {columns}). Pass --groups COLUMN,... naming "
+    "attribute columns of the data."
+)

@@ -191,6 +191,32 @@ class LatentHistogram:
             out[members] = _gather(self.log_prob_[row], idx).sum(dim=1)
         return out
 
+    def state(self) -> dict[str, object]:
+        """Return parameters and fitted histograms as tensors and plain values, to save."""
+        _check_is_fitted(self)
+        return {
+            "params": {
+                "bins": self.bins,
+                "alpha": self.alpha,
+                "combine": self.combine,
+                "ess_fraction": self.ess_fraction,
+                "n_components": self.n_components,
+            },
+            **{name: getattr(self, name) for name in _FITTED},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> LatentHistogram:
+        """Rebuild a fitted histogram from :meth:`state` (scoring works; ``weights_`` is empty)."""
+        est = cls(**state["params"])  # type: ignore[arg-type]
+        for name in _FITTED:
+            setattr(est, name, state[name])
+        est.weights_ = torch.empty(0, dtype=torch.float64)
+        return est
+
+
+_FITTED = ("classes_", "lo_", "hi_", "center_", "axes_", "log_prob_")
+
 
 def _check_is_fitted(est: LatentHistogram) -> None:
     if not hasattr(est, "weights_"):

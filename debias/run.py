@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (model + train config + package version + data facts),
 ``checkpoint.pt`` (weights, optimiser and RNG state), ``metrics.jsonl`` (one line per epoch),
-``samples.csv`` (per image: label, groups, latent density, sampling weight) and ``skipped.csv``.
+``samples.csv`` (per image: label, groups, latent density, sampling weight), ``density.pt`` (the
+latent histogram of the training faces, for audits and outlier scores) and ``skipped.csv``.
 Every write is atomic (temp file + rename), and checkpoints load with ``weights_only=True``.
 """
 
@@ -22,6 +23,7 @@ import torch
 from debias import errors
 from debias.config import TrainConfig
 from debias.model import DBVAE
+from debias.resample import LatentHistogram
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
@@ -29,6 +31,7 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples.csv"
 SKIPPED = "skipped.csv"
 CACHE = "cache.npy"
+DENSITY = "density.pt"
 
 
 def _current_umask() -> int:
@@ -117,6 +120,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:200]
         raise errors.RunError(errors.UNSAFE_CHECKPOINT.format(path=path, reason=reason)) from None
+
+
+def load_density(run_dir: str | os.PathLike[str]) -> LatentHistogram | None:
+    """Return the latent density of the run's training faces, or None if it has none saved."""
+    path = Path(run_dir) / DENSITY
+    if not path.is_file():
+        return None
+    return LatentHistogram.from_state(load_checkpoint(path))
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -51,14 +51,16 @@ class Listener(Protocol):
         """Receive a finished epoch's ``metrics.jsonl`` record."""
 
 
-class _Silent:
-    def phase(self, name: str, total: int) -> None:
+class SilentListener:
+    """A listener that shows nothing (library use, tests, benchmarks)."""
+
+    def phase(self, name: str, total: int) -> None:  # noqa: D102
         pass
 
-    def advance(self, n: int = 1, **fields: float) -> None:
+    def advance(self, n: int = 1, **fields: float) -> None:  # noqa: D102
         pass
 
-    def epoch_end(self, metrics: dict[str, Any]) -> None:
+    def epoch_end(self, metrics: dict[str, Any]) -> None:  # noqa: D102
         pass
 
 
@@ -87,20 +89,33 @@ def batches(
 
 @torch.no_grad()
 def compute_latents(
-    model: DBVAE, images: np.ndarray, idx: np.ndarray, device: torch.device
+    model: DBVAE,
+    images: np.ndarray,
+    idx: np.ndarray,
+    device: torch.device,
+    on_advance: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent means ``(N, K)`` and class probabilities ``(N, C)`` of ``images[idx]``, on the CPU.
 
     Uses :func:`debias.model.preprocess`, exactly as training does, and BatchNorm in eval mode;
     the model's previous mode is restored afterwards (leaving it in eval mode would silently
-    train the rest of the run with frozen BatchNorm statistics).
+    train the rest of the run with frozen BatchNorm statistics). Images of another size than the
+    model's are resized (antialiased) first, so any audited image set can be embedded.
     """
     was_training = model.training
     model.eval()
+    size = model.cfg.image_size
     try:
         mus, probs = [], []
         for _, x in batches(images, idx, EVAL_BATCH):
-            logits, mu, _ = model.encode(preprocess(x.to(device)))
+            x = preprocess(x.to(device))
+            if x.shape[-1] != size or x.shape[-2] != size:
+                x = torch.nn.functional.interpolate(
+                    x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )
+            logits, mu, _ = model.encode(x)
+            if on_advance is not None:
+                on_advance(len(x))
             mus.append(mu.float().cpu())
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(mus), torch.cat(probs)
@@ -205,7 +220,7 @@ def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResu
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, out=str(run_dir))
-    return _fit(config, run_dir, None, listener or _Silent())
+    return _fit(config, run_dir, None, listener or SilentListener())
 
 
 def resume(
@@ -239,7 +254,7 @@ def resume(
     state = runio.load_checkpoint(run_dir / runio.CHECKPOINT)
     if state["epoch"] >= config.epochs:
         raise errors.RunError(errors.RUN_FINISHED.format(path=run_dir, epochs=config.epochs))
-    return _fit(config, run_dir, state, listener or _Silent())
+    return _fit(config, run_dir, state, listener or SilentListener())
 
 
 def _fit(
@@ -517,6 +532,13 @@ def _write_samples(
         mu_train, _ = compute_latents(model, data.images, train_idx, device)
         histogram = _histogram(config).fit(mu_train, y[train_idx])
         frame.loc[train_idx, "latent_log_density"] = histogram.log_density_.numpy()
+        # One class-free density of the faces the VAE modelled: what audits and outlier scores
+        # compare new images against.
+        modelled = class_mask[y[train_idx]] > 0
+        density = LatentHistogram(
+            bins=config.bins, alpha=config.alpha, n_components=config.density_components
+        ).fit(mu_train[modelled])
+        runio.save_checkpoint(run_dir / runio.DENSITY, density.state())
         frame.loc[train_idx, "sampling_weight"] = latent_weights(
             histogram, y[train_idx], class_mask
         ).numpy()

@@ -124,3 +124,21 @@ def add_bad_files(folder: Path) -> list[str]:
     good.write_bytes(good.read_bytes()[:300])
     (folder / "notes.jpg").write_text("this is not an image")
     return ["empty.jpg", "truncated.jpg", "notes.jpg"]
+
+
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small DB-VAE run on the synthetic faces (15% dark skin): (data folder, run folder)."""
+    from debias import train, write_synthetic
+
+    root = tmp_path_factory.mktemp("synth_run")
+    write_synthetic(root / "synth", n_faces=300, n_non_faces=300, dark_fraction=0.15, seed=0)
+    config = tiny_config(
+        data=str(root / "synth"),
+        out=str(root / "run"),
+        epochs=3,
+        batch_size=32,
+        model=ModelConfig(image_size=32, latent_dim=16, filters=8, hidden=64),
+    )
+    train(config)
+    return root / "synth", root / "run"

@@ -129,6 +129,25 @@ def test_executable_end_to_end(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     assert "Run saved to" in run.stdout
+    audit = subprocess.run(
+        [
+            exe,
+            "audit",
+            "--model",
+            str(tmp_path / "run"),
+            "--data",
+            str(tmp_path / "synth"),
+            "--out",
+            str(tmp_path / "audit"),
+            "--bootstrap",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert audit.returncode == 0, audit.stderr
+    assert "Worst group: skin_tone" in audit.stdout
+    assert (tmp_path / "audit" / "audit.json").is_file()
     bad = subprocess.run(
         [exe, "train", "--data", str(tmp_path / "missing")], capture_output=True, text=True
     )
@@ -137,3 +156,80 @@ def test_executable_end_to_end(tmp_path: Path) -> None:
         f"Error: {tmp_path / 'missing'}: folder not found. "
         "Pass an existing folder of images with --data."
     ]
+
+
+def test_audit_through_the_cli(synth_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = synth_run
+    out = tmp_path / "audit"
+    result = runner.invoke(
+        app,
+        [
+            "audit",
+            "--model",
+            str(run),
+            "--data",
+            str(data),
+            "--groups",
+            "skin_tone,glasses",
+            "--reference",
+            "skin_tone=light",
+            "--bootstrap",
+            "300",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Accuracy by group" in result.output and "Label-free slices" in result.output
+    report = json.loads((out / "audit.json").read_text())
+    assert report["config"]["groups"] == ["skin_tone", "glasses"]
+    assert report["config"]["reference"] == {"skin_tone": "light"}
+    assert report["versions"]["fairlearn"] and report["n"] == 600
+    attributes = {row["attribute"] for row in report["by_group"]}
+    assert attributes == {"overall", "skin_tone", "glasses", "skin_tone & glasses"}
+    for name in ("by_group.csv", "disparities.csv", "slices.csv", "predictions.csv"):
+        assert (out / name).is_file()
+    assert list((out / "slices").glob("cluster-rank*.png"))
+
+
+def _pickle_file(path: Path) -> Path:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--predictions", "P", "--model", "M"], "Pass either --model"),
+        ([], "Pass either --model"),
+        (["--model", "M"], "--model needs images"),
+        (["--model", "PICKLE", "--data", "D"], "is a Python pickle"),
+        (["--model", "TEXT", "--data", "D"], "not a TorchScript or ONNX model"),
+        (["--predictions", "NOCOL"], "column 'y_pred' not found"),
+        (["--predictions", "P", "--groups", "age"], "--groups 'age' is not a column"),
+        (["--predictions", "P", "--groups", "race,empty"], "'empty' is empty in every row"),
+        (["--predictions", "P", "--groups", "race", "--reference", "Martian"], "has no group"),
+        (["--predictions", "P", "--reference", "White"], "Write it as ATTRIBUTE=GROUP"),
+        (["--predictions", "P", "--ci", "95"], "--ci 95.0: out of range"),
+        (["--model", "M", "--data", "D", "--mean", "0.5,x"], "--mean '0.5,x'"),
+        (["--predictions", "P", "--embed-with", "D"], "not a debias run folder"),
+    ],
+)
+def test_audit_bad_input_is_one_line(tmp_path: Path, args: list[str], pattern: str) -> None:
+    (tmp_path / "d").mkdir()
+    csv = tmp_path / "p.csv"
+    csv.write_text("y_true,y_pred,race,empty\n1,1,White,\n0,1,Black,\n1,0,Black,\n")
+    (tmp_path / "nocol.csv").write_text("y_true,race\n1,a\n")
+    (tmp_path / "model.txt").write_text("not a model")
+    names = {
+        "P": str(csv),
+        "M": str(tmp_path / "model.txt"),
+        "D": str(tmp_path / "d"),
+        "PICKLE": str(_pickle_file(tmp_path / "m.pt")),
+        "TEXT": str(tmp_path / "model.txt"),
+        "NOCOL": str(tmp_path / "nocol.csv"),
+    }
+    argv = ["audit", *[names.get(a, a) for a in args], "--out", str(tmp_path / "o")]
+    _one_line_error(runner.invoke(app, argv), pattern)

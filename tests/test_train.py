@@ -19,6 +19,7 @@ from conftest import TINY_ARGS, tiny_config
 from debias import (
     ConfigError,
     DataError,
+    LatentHistogram,
     ModelConfig,
     RunError,
     TrainConfig,
@@ -27,11 +28,12 @@ from debias import (
     train,
     write_synthetic,
 )
+from debias import run as runio
 from debias.data import load_data
 from debias.device import select_device
 from debias.model import preprocess
 from debias.run import load_checkpoint
-from debias.train import group_balanced_weights
+from debias.train import compute_latents, group_balanced_weights
 
 
 def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None:
@@ -43,6 +45,7 @@ def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None
         "metrics.jsonl",
         "samples.csv",
         "skipped.csv",
+        "density.pt",
     }
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["classes"] == ["a", "b"]
@@ -66,6 +69,15 @@ def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None
     assert train_rows["sampling_weight"].sum() == pytest.approx(1.0)
     assert samples["latent_log_density"].notna().all()
     assert {"path", "label", "skin", "age"} <= set(samples.columns)
+
+    # The saved density scores images like the class-free histogram of the training latents.
+    density = runio.load_density(out)
+    model = load_model(out)[0]
+    mu, _ = compute_latents(model, result.data.images, np.arange(48), torch.device("cpu"))
+    train_mask = (samples["split"] == "train").to_numpy()
+    refit = LatentHistogram(bins=10, alpha=1e-3).fit(mu[train_mask])
+    zeros = torch.zeros(48, dtype=torch.long)
+    torch.testing.assert_close(density.score_samples(mu, zeros), refit.score_samples(mu, zeros))
 
 
 def test_model_loads_and_predicts(labels_dir: Path, tmp_path: Path) -> None:

@@ -76,20 +76,27 @@ def read_class_folders(root: Path) -> tuple[pd.DataFrame, Skipped]:
     return pd.DataFrame(rows, columns=["path", "label"]), skipped
 
 
-def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
-    """Read a labels CSV: ``path`` (relative to the CSV's folder), a label, attributes."""
+def read_csv_table(csv_path: Path) -> pd.DataFrame:
+    """Read a CSV as text cells ('' when empty), with its separator (, ; tab) detected."""
     try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            head = fh.read(64 * 1024)
+        try:
+            sep = csv.Sniffer().sniff(head.splitlines()[0] if head else "", ",;\t").delimiter
+        except csv.Error:
+            sep = ","  # one column, or nothing to tell from: the default
         frame = pd.read_csv(
-            csv_path,
-            dtype=str,
-            keep_default_na=False,
-            sep=None,
-            engine="python",
-            encoding="utf-8-sig",
+            csv_path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig"
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
         raise errors.DataError(errors.BAD_CSV.format(path=csv_path, reason=exc)) from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
+    """Read a labels CSV: ``path`` (relative to the CSV's folder), a label, attributes."""
+    frame = read_csv_table(csv_path)
     columns = ", ".join(frame.columns)
     target = target or "label"
     if "path" not in frame.columns:

@@ -153,9 +153,14 @@ def default_groups(manifest: Manifest) -> list[str]:
     """Attribute columns that make sensible evaluation groups (2..20 distinct values)."""
     if manifest.layout == "celeba":
         return [c for c in layouts.CELEBA_DEFAULT_GROUPS if c in manifest.frame.columns]
+    return suitable_groups(manifest.frame, manifest.attribute_columns)
+
+
+def suitable_groups(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """Return the ``columns`` with 2 to MAX_GROUP_VALUES distinct non-empty values."""
     out = []
-    for column in manifest.attribute_columns:
-        values = manifest.frame[column].astype(str)
+    for column in columns:
+        values = frame[column].astype(str)
         n = values[values != ""].nunique()
         if 2 <= n <= MAX_GROUP_VALUES:
             out.append(column)
@@ -185,6 +190,7 @@ def load_data(
     cache_file: str | os.PathLike[str] | None = None,
     max_memory_bytes: int = DEFAULT_CACHE_BYTES,
     num_workers: int = 0,
+    min_classes: int = 2,
     on_start: Callable[[int], None] | None = None,
     on_advance: Callable[[int], None] | None = None,
 ) -> FaceData:
@@ -208,6 +214,8 @@ def load_data(
         Largest decoded cache held in RAM.
     num_workers : int
         Decoding processes.
+    min_classes : int
+        Fewest classes accepted: 2 to train a classifier, 1 to audit one on a single class.
     on_start, on_advance : callable, optional
         Progress hooks: total count, then increments.
 
@@ -263,7 +271,7 @@ def load_data(
             )
         )
     classes = sorted(frame["label"].unique().tolist())
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise errors.DataError(errors.ONE_CLASS.format(path=manifest.source, name=classes[0]))
     if groups is None:
         group_columns = default_groups(Manifest(frame, manifest.layout, manifest.source))

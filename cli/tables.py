@@ -1,0 +1,142 @@
+"""Terminal tables of an audit: failing flags first, then the worst group, then the rest."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from debias.audit_run import AuditReport
+
+MAX_ROWS = 12
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{value:.{digits}f}")
+    )
+
+
+def _interval(low: float, high: float) -> str:
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return ""
+    return f"{low:.3f}–{high:.3f}"
+
+
+def show_audit(console: Console, report: AuditReport) -> None:
+    """Print an audit's headline, failing disparities, groups by accuracy and worst slices."""
+    result = report.result
+    summary = result.summary()
+    config = result.config
+    overall = result.by_group[
+        (result.by_group.attribute == "overall") & (result.by_group.metric == "accuracy")
+    ].iloc[0]
+    positive = f", positive class {result.pos_label!r}" if result.pos_label else ""
+    console.print(
+        f"Audited {result.n} predictions ({', '.join(result.classes)}{positive}); "
+        f"accuracy {_num(overall['value'])} {_interval(overall['ci_low'], overall['ci_high'])}",
+        highlight=False,
+        markup=False,
+    )
+    worst = summary["worst_group"]
+    if worst is not None:
+        console.print(
+            f"Worst group: {worst['attribute']} = {worst['group']}: accuracy "
+            f"{_num(worst['value'])} {_interval(worst['ci_low'], worst['ci_high'])} "
+            f"(n={worst['n']})",
+            highlight=False,
+            markup=False,
+        )
+    largest = summary["largest_disparity"]
+    if largest is not None:
+        console.print(
+            f"Largest disparity: {largest['metric']}{_cls(largest['class'], result.pos_label)} of "
+            f"{largest['attribute']} = {largest['group']} vs {largest['reference']}: "
+            f"{_num(largest['value'])} vs {_num(largest['reference_value'])} "
+            f"(difference {largest['difference']:+.3f}, ratio {_num(largest['ratio'], 2)})",
+            highlight=False,
+            markup=False,
+        )
+
+    failing = result.disparities[result.disparities.flag == "fail"].copy()
+    if len(failing):
+        failing["distance"] = (failing["ratio"].clip(lower=1e-9).map(math.log)).abs()
+        failing = failing.sort_values("distance", ascending=False)
+        table = Table(
+            title=f"Failing the four-fifths rule (ratio outside [{config.tau}, "
+            f"{1 / config.tau:.2f}]): {len(failing)} of {summary['judged']} judged",
+            title_justify="left",
+        )
+        for column in ("attribute", "group", "vs", "metric", "value", "ref", "ratio [CI]", "sig."):
+            table.add_column(column, justify="right" if column in ("value", "ref") else "left")
+        for _, row in failing.head(MAX_ROWS).iterrows():
+            _add_row(
+                table,
+                row["attribute"],
+                row["group"],
+                row["reference"],
+                row["metric"] + _cls(row["class"], result.pos_label),
+                _num(row["value"]),
+                _num(row["reference_value"]),
+                f"{_num(row['ratio'], 2)} {_interval(row['ratio_ci_low'], row['ratio_ci_high'])}",
+                "yes" if row["significant"] else "no",
+            )
+        console.print(table)
+    else:
+        console.print(f"No judged group fails the four-fifths rule (tau {config.tau}).")
+
+    groups = result.by_group[
+        (result.by_group.metric == "accuracy") & (result.by_group.attribute != "overall")
+    ].sort_values("value")
+    table = Table(title="Accuracy by group, lowest first", title_justify="left")
+    for column in ("attribute", "group", "n", "accuracy", f"{config.ci:.0%} CI", "note"):
+        table.add_column(column)
+    for _, row in groups.head(MAX_ROWS).iterrows():
+        _add_row(
+            table,
+            row["attribute"],
+            row["group"],
+            str(row["n"]),
+            _num(row["value"]),
+            _interval(row["ci_low"], row["ci_high"]),
+            "" if row["judged"] else f"too small (< {config.min_group_size})",
+        )
+    console.print(table)
+
+    clusters = report.slices[report.slices["kind"] == "cluster"] if len(report.slices) else None
+    if clusters is not None and len(clusters):
+        _show_slices(console, clusters, config.ci)
+    for note in report.notes:
+        console.print(f"Note: {note}", highlight=False, markup=False)
+    console.print(f"Wrote {report.out}/audit.json, by_group.csv, disparities.csv, slices.csv")
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    """Add a row of plain text: group names and class names are never read as rich markup."""
+    table.add_row(*(escape(str(c)) for c in cells))
+
+
+def _cls(name: str, positive: str | None) -> str:
+    return f"[{name}]" if name and positive is None else ""
+
+
+def _show_slices(console: Console, clusters: pd.DataFrame, ci: float) -> None:
+    table = Table(title="Label-free slices (latent clusters), worst first", title_justify="left")
+    for column in ("rank", "n", "error rate", f"{ci:.0%} CI", "share of errors", "make-up"):
+        table.add_column(column)
+    for _, row in clusters.head(MAX_ROWS).iterrows():
+        _add_row(
+            table,
+            str(row["rank"]),
+            str(row["n"]),
+            _num(row["error_rate"]),
+            _interval(row["ci_low"], row["ci_high"]),
+            f"{row['share_of_errors']:.0%}",
+            row["composition"] or "",
+        )
+    console.print(table)

@@ -1,0 +1,368 @@
+"""The ``debias audit`` job: get predictions, audit them per group, find slices, write the files.
+
+``run_audit(AuditConfig)`` reads what is audited (a debias run, a TorchScript/ONNX model with
+images, or a predictions CSV), audits it with :func:`debias.audit.audit`, discovers failing slices
+with a DB-VAE's latents when one is available, and writes into the output folder:
+
+- ``audit.json``: everything (inputs, versions, summary, tables);
+- ``by_group.csv``, ``disparities.csv``, ``slices.csv``: the tables;
+- ``predictions.csv``: the predictions audited (re-audit with ``--predictions``);
+- ``slices/*.png``: example images of each slice, failures first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import platform
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import debias
+from debias import errors
+from debias import run as runio
+from debias.audit import AuditConfig, AuditResult, audit
+from debias.data import decode_images, load_data
+from debias.data.manifest import check_groups, suitable_groups
+from debias.device import select_device
+from debias.predict import (
+    is_attribute,
+    load_classifier,
+    predict_images,
+    predictions_table,
+    read_predictions_csv,
+)
+from debias.resample import LatentHistogram
+from debias.slices import density_deciles, find_slices, slice_table
+from debias.train import Listener, SilentListener, compute_latents
+
+DEFAULT_IMAGE_SIZE = 64
+
+
+@dataclass
+class AuditReport:
+    """What :func:`run_audit` returns and writes.
+
+    Attributes
+    ----------
+    out : pathlib.Path
+        The output folder.
+    result : AuditResult
+        Per-group metrics and disparities.
+    slices : pandas.DataFrame
+        Ranked label-free slices (clusters, then density deciles); empty without an embedding.
+    predictions : pandas.DataFrame
+        The audited predictions.
+    notes : list of str
+        Things the reader should know (skipped files, the embedding used, fallbacks).
+    """
+
+    out: Path
+    result: AuditResult
+    slices: pd.DataFrame
+    predictions: pd.DataFrame
+    notes: list[str]
+
+
+def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> AuditReport:
+    """Audit a classifier or a predictions CSV and write the results to ``config.out``.
+
+    Parameters
+    ----------
+    config : AuditConfig
+        What to audit and how.
+    listener : Listener, optional
+        Progress hooks (decoding, prediction, embedding).
+
+    Returns
+    -------
+    AuditReport
+
+    Raises
+    ------
+    DebiasError
+        On bad options, unreadable inputs, a model file that is not TorchScript/ONNX (pickles are
+        refused without being opened), or group columns that are unknown or empty.
+    """
+    listener = listener or SilentListener()
+    _check_inputs(config)
+    config.validate()
+    out = Path(config.out or Path("reports") / datetime.now().strftime("audit-%Y%m%d-%H%M%S"))
+    notes: list[str] = []
+    device = select_device(config.device)
+    images: np.ndarray | None = None
+
+    if config.predictions is not None:
+        source = config.predictions
+        table = read_predictions_csv(
+            config.predictions, threshold=config.threshold, pos_label=config.pos_label
+        )
+        candidates = [c for c in table.columns if is_attribute(c)]
+        groups = _groups(table, config.groups, candidates, source)
+        classes = None
+    else:
+        source = config.model
+        classifier = load_classifier(
+            config.model,
+            mean=config.mean or (0.0, 0.0, 0.0),
+            std=config.std or (1.0, 1.0, 1.0),
+            device=device,
+        )
+        size = config.image_size or classifier.image_size or DEFAULT_IMAGE_SIZE
+        data = load_data(
+            config.data,
+            labels=config.labels,
+            target=config.target,
+            groups=config.groups or None,
+            image_size=size,
+            splits=[config.split] if config.split else None,
+            min_classes=1,
+            on_start=lambda n: listener.phase("decode", n),
+            on_advance=listener.advance,
+        )
+        if config.split and "split" not in data.frame.columns:
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="split",
+                    value=config.split,
+                    problem=f"{data.source} has no train/val/test partition",
+                    fix="Drop --split to audit every image.",
+                )
+            )
+        if data.skipped:
+            notes.append(
+                f"{len(data.skipped)} unreadable file(s) skipped; listed in {out / 'skipped.csv'}"
+            )
+        listener.phase("predict", len(data))
+        probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
+        classes = config.classes or classifier.classes or data.classes
+        table = predictions_table(probabilities, classes, data.frame, data.classes, str(source))
+        groups = _groups(table, data.group_columns, data.group_columns, source)
+        images = data.images
+        skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
+
+    config = dataclasses.replace(config, groups=groups, out=str(out))
+    result = audit(table["y_true"], table["y_pred"], table[groups], config, classes=classes)
+
+    slices = pd.DataFrame()
+    embedder = config.embed_with or (
+        config.model if config.model and Path(config.model).is_dir() else None
+    )
+    if embedder is not None:
+        if images is None:
+            images = _images_for(table, embedder, notes, source)
+        slices = _slices(table, images, embedder, config, device, listener, notes)
+    else:
+        notes.append(
+            "No label-free slices: pass --embed-with RUN (a DB-VAE run folder) to find them."
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    if config.predictions is None:
+        runio.write_csv(out / "skipped.csv", skipped)
+    slices = _with_examples(out, slices, table, images)
+    _write(out, config, result, slices, table, notes)
+    return AuditReport(out, result, slices, table, notes)
+
+
+def _check_inputs(config: AuditConfig) -> None:
+    if (config.model is None) == (config.predictions is None):
+        raise errors.ConfigError(
+            "Pass either --model (a run folder, TorchScript or ONNX file) with --data, "
+            "or --predictions FILE.csv."
+        )
+    if config.model is not None and config.data is None and config.labels is None:
+        raise errors.ConfigError(
+            "--model needs images to predict on. Pass --data FOLDER or --labels FILE."
+        )
+    if config.embed_with is not None:
+        runio.read_config(config.embed_with)  # fail now, not after predicting: is it a run?
+
+
+def _groups(
+    table: pd.DataFrame, given: list[str], candidates: list[str], source: str | None
+) -> list[str]:
+    """Return the audited group columns, checked to exist and to hold at least one value."""
+    groups = check_groups(table, given) if given else suitable_groups(table, candidates)
+    for column in groups:
+        if (table[column].astype(str).str.strip() == "").all():
+            raise errors.DataError(errors.EMPTY_GROUP.format(path=source, column=column))
+    return groups
+
+
+def _images_for(table: pd.DataFrame, embedder: str, notes: list[str], source: str | None):
+    """Decode a predictions CSV's ``path`` column at the embedding run's image size."""
+    if "path" not in table.columns:
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=source,
+                column="path",
+                columns=", ".join(table.columns),
+                fix="Slices need the images: add their paths (relative to the CSV) as 'path', "
+                "or drop --embed-with.",
+            )
+        )
+    size = int(runio.read_config(embedder)["train"]["model"]["image_size"])
+    images, failures = decode_images(table["path"].tolist(), size)
+    if failures:
+        first = next(iter(failures))
+        notes.append(
+            f"{len(failures)} image(s) of the predictions CSV unreadable (first: "
+            f"{table['path'][first]}: {failures[first]}); they have blank embeddings"
+        )
+    return images
+
+
+def _slices(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    embedder: str,
+    config: AuditConfig,
+    device: torch.device,
+    listener: Listener,
+    notes: list[str],
+) -> pd.DataFrame:
+    """Clusters of the DB-VAE latents ranked by error rate, then accuracy by density decile."""
+    model, run_config = runio.load_model(embedder)
+    model = model.to(device)
+    if run_config["train"].get("baseline"):
+        notes.append(
+            f"{embedder} is a plain-classifier run: its latents were not trained as a VAE, "
+            "so slices and densities are rougher than with a DB-VAE run"
+        )
+    listener.phase("embed", len(images))
+    mu, _ = compute_latents(
+        model, images, np.arange(len(images)), device, on_advance=listener.advance
+    )
+    embedding = mu.numpy()
+    clusters = find_slices(
+        embedding, config.slices, min_size=config.min_group_size, seed=config.seed
+    )
+    by_cluster = slice_table(table, clusters, embedding, config, kind="cluster")
+
+    density = runio.load_density(embedder)
+    if density is None:
+        density = LatentHistogram(bins=10).fit(mu)
+        notes.append(
+            f"{embedder} has no saved training density; deciles rank rarity among the audited "
+            "images instead"
+        )
+    log_density = density.score_samples(mu, torch.zeros(len(mu), dtype=torch.long)).numpy()
+    table["latent_log_density"] = log_density
+    table["latent_slice"] = clusters
+    by_decile = slice_table(
+        table,
+        density_deciles(log_density),
+        embedding,
+        config,
+        kind="density decile",
+        rank_by_error=False,
+    )
+    notes.append(f"Slices from the latents of {embedder}")
+    return pd.concat([by_cluster, by_decile], ignore_index=True)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that computed the numbers."""
+    import fairlearn
+    import sklearn
+
+    return {
+        "debias": debias.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "fairlearn": fairlearn.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
+
+
+def _with_examples(
+    out: Path, slices: pd.DataFrame, table: pd.DataFrame, images: np.ndarray | None
+) -> pd.DataFrame:
+    """Write each cluster's example images as one PNG; give examples as paths, not row numbers."""
+    slices = slices.copy()
+    if not len(slices):
+        return slices
+    if images is not None:
+        (out / "slices").mkdir(exist_ok=True)
+    grids = []
+    for _, row in slices.iterrows():
+        grid = None
+        if images is not None and row["kind"] == "cluster":
+            grid = f"slices/cluster-rank{row['rank']:02d}.png"
+            _write_grid(out / grid, images[row["examples"]])
+        grids.append(grid)
+    slices["example_grid"] = grids
+    if "path" in table.columns:
+        paths = table["path"].astype(str).tolist()
+        slices["examples"] = [[paths[i] for i in rows] for rows in slices["examples"]]
+    return slices
+
+
+def _write(
+    out: Path,
+    config: AuditConfig,
+    result: AuditResult,
+    slices: pd.DataFrame,
+    table: pd.DataFrame,
+    notes: list[str],
+) -> None:
+    runio.write_csv(out / "by_group.csv", result.by_group)
+    runio.write_csv(out / "disparities.csv", result.disparities)
+    flat = slices.copy()
+    if len(flat):
+        flat["examples"] = [" | ".join(map(str, e)) for e in flat["examples"]]
+    runio.write_csv(out / "slices.csv", flat)
+    runio.write_csv(out / "predictions.csv", table)
+    runio.write_json(
+        out / "audit.json",
+        {
+            "debias_version": debias.__version__,
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "versions": versions(),
+            "config": config.to_dict(),
+            "n": result.n,
+            "classes": result.classes,
+            "pos_label": result.pos_label,
+            "summary": _jsonable(result.summary()),
+            "notes": notes,
+            "by_group": _records(result.by_group),
+            "disparities": _records(result.disparities),
+            "slices": _records(slices),
+        },
+    )
+
+
+def _write_grid(path: Path, images: np.ndarray) -> None:
+    """Write a row of example images as one PNG, atomically."""
+    from PIL import Image
+
+    row = np.concatenate(list(images), axis=2) if len(images) else np.zeros((3, 8, 8), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(row.transpose(1, 2, 0)).save(buffer, format="PNG")
+    runio.atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [_jsonable(r) for r in frame.to_dict("records")]
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN becomes None (JSON has no NaN); numpy scalars become Python ones."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,338 @@
+"""Where audited predictions come from: a debias run, a TorchScript or ONNX file, or a CSV.
+
+Every source ends as the same table: one row per image with ``y_true``, ``y_pred``, optionally
+``score`` (the positive class's probability) and ``path``, and the group columns. Model files are
+inspected before loading: a Python pickle is refused outright (unpickling runs arbitrary code),
+TorchScript loads through ``torch.jit.load`` (TorchScript's own restricted format) and ONNX through
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from debias import errors
+from debias.data.layouts import read_csv_table
+from debias.model import preprocess
+from debias.run import CONFIG, load_model
+
+# A classifier maps uint8 images (B, 3, S, S) to class probabilities (B, C).
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+ZIP_MAGIC = b"PK\x03\x04"  # TorchScript archives (and torch.save files) are zip files
+PICKLE_PROTOCOL_OPCODE = 0x80  # pickles of protocol 2 and later start with PROTO
+
+# Column names accepted in a predictions CSV, ours first, then Aequitas's.
+TRUE_COLUMNS = ("y_true", "label_value", "label")
+PRED_COLUMNS = ("y_pred", "prediction")
+SCORE_COLUMNS = ("score",)
+PREDICTION_RESERVED = (*TRUE_COLUMNS, *PRED_COLUMNS, *SCORE_COLUMNS, "path", "split")
+# Columns an audit adds to predictions.csv: class probabilities and latent facts, never groups.
+DERIVED_PREFIXES = ("p_", "latent_")
+
+
+def is_attribute(column: str) -> bool:
+    """Return whether a predictions-table column can be a group (not a label, score or derived)."""
+    return column not in PREDICTION_RESERVED and not column.startswith(DERIVED_PREFIXES)
+
+
+@dataclass
+class ModelFile:
+    """A classifier loaded from disk, with what it needs to be fed.
+
+    Attributes
+    ----------
+    predict : Classifier
+        uint8 images ``(B, 3, S, S)`` to probabilities ``(B, C)``.
+    classes : list of str or None
+        Class names in output order, when the file knows them (a debias run does).
+    image_size : int or None
+        Input side the model requires, when the file says (a run, an ONNX file with fixed sizes).
+    kind : str
+        ``debias-run``, ``torchscript`` or ``onnx``.
+    """
+
+    predict: Classifier
+    classes: list[str] | None
+    image_size: int | None
+    kind: str
+
+
+def load_classifier(
+    path: str | os.PathLike[str],
+    *,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    device: torch.device | None = None,
+) -> ModelFile:
+    """Load a debias run folder, a TorchScript file or an ONNX file as a classifier.
+
+    Parameters
+    ----------
+    path : path-like
+        A run folder (with ``config.json``), a ``.pt``/``.pth`` TorchScript archive or a ``.onnx``.
+    mean, std : sequence of float
+        Per-channel normalisation of external models: inputs are ``(x / 255 - mean) / std``.
+        A debias run uses its own preprocessing and ignores these.
+    device : torch.device, optional
+        Where a TorchScript or debias model runs (default CPU).
+
+    Returns
+    -------
+    ModelFile
+
+    Raises
+    ------
+    RunError
+        When the file is missing, a pickle, or neither TorchScript nor ONNX.
+    """
+    path = Path(path)
+    device = device or torch.device("cpu")
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise errors.RunError(errors.RUN_MISSING.format(path=path, missing=CONFIG))
+        model, config = load_model(path)
+        model = model.to(device)
+
+        @torch.no_grad()
+        def run_predict(x: torch.Tensor) -> torch.Tensor:
+            return model.predict_proba(preprocess(x.to(device))).cpu()
+
+        return ModelFile(
+            run_predict,
+            list(config["data"]["classes"]),
+            int(config["train"]["model"]["image_size"]),
+            "debias-run",
+        )
+    if not path.is_file():
+        raise errors.RunError(errors.NO_SUCH_FILE.format(path=path))
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:1] and head[0] == PICKLE_PROTOCOL_OPCODE:
+        raise errors.RunError(errors.PICKLED_MODEL.format(path=path))
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255.0 - shift) / scale
+
+    if head == ZIP_MAGIC:
+        return _load_torchscript(path, normalise, device)
+    return _load_onnx(path, normalise)
+
+
+def _load_torchscript(
+    path: Path, normalise: Callable[[torch.Tensor], torch.Tensor], device: torch.device
+) -> ModelFile:
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream but remains the format most models ship in.
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:  # torch raises RuntimeError and others for non-TorchScript zips
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=reason)) from None
+    module.eval()
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return _output(module(normalise(x).to(device)), path).cpu()
+
+    return ModelFile(predict, None, None, "torchscript")
+
+
+def _load_onnx(path: Path, normalise: Callable[[torch.Tensor], torch.Tensor]) -> ModelFile:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise errors.RunError(errors.NO_ONNXRUNTIME.format(path=path)) from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=reason)) from None
+    spec = session.get_inputs()[0]
+    side = spec.shape[-1] if len(spec.shape) == 4 and isinstance(spec.shape[-1], int) else None
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {spec.name: normalise(x).numpy()})[0]
+        return _output(torch.from_numpy(np.asarray(out, dtype=np.float32)), path)
+
+    return ModelFile(predict, None, side, "onnx")
+
+
+def _output(out: torch.Tensor | tuple | list, path: Path) -> torch.Tensor:
+    """Probabilities from a model's output: logits or probabilities, (B, C) or one column."""
+    if isinstance(out, tuple | list):
+        out = out[0]  # models that return (logits, extras) put the logits first
+    out = out.float()
+    if out.ndim == 2 and out.shape[1] == 1 or out.ndim == 1:
+        p = out.reshape(-1)
+        if not (p.min() >= 0 and p.max() <= 1):
+            p = torch.sigmoid(p)
+        return torch.stack([1 - p, p], dim=1)  # one output is the second class's probability
+    if out.ndim != 2:
+        raise errors.RunError(
+            errors.MODEL_OUTPUT.format(path=path, shape=tuple(out.shape), expected="(B, C)")
+        )
+    sums = out.sum(dim=1)
+    is_prob = bool(out.min() >= 0) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3))
+    return out if is_prob else torch.softmax(out, dim=1)
+
+
+def predict_images(
+    model: ModelFile,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    on_advance: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Class probabilities ``(N, C)`` of uint8 images ``(N, 3, S, S)``, in batches."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        out.append(model.predict(x).numpy())
+        if on_advance is not None:
+            on_advance(len(x))
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def predictions_table(
+    probabilities: np.ndarray,
+    model_classes: Sequence[str],
+    frame: pd.DataFrame,
+    data_classes: Sequence[str],
+    source: str,
+) -> pd.DataFrame:
+    """Build the predictions table of images scored by a model.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(N, C)`` in the order of ``model_classes``.
+    model_classes : sequence of str
+        The model's class names in output order.
+    frame : pandas.DataFrame
+        The data's manifest: ``path``, ``label`` and attribute columns, one row per image.
+    data_classes : sequence of str
+        The data's classes; each must be one of the model's.
+    source : str
+        The model, for messages.
+    """
+    if probabilities.shape[1] != len(model_classes):
+        raise errors.RunError(
+            errors.MODEL_OUTPUT.format(
+                path=source,
+                shape=tuple(probabilities.shape),
+                expected=f"(N, {len(model_classes)}) for classes {', '.join(model_classes)}",
+            )
+        )
+    unknown = sorted(set(data_classes) - set(model_classes))
+    if unknown:
+        raise errors.DataError(
+            errors.CLASS_MISMATCH.format(
+                source=source, unknown=", ".join(unknown), classes=", ".join(model_classes)
+            )
+        )
+    out = frame.drop(columns=["label"]).copy()
+    out.insert(1, "y_true", frame["label"].to_numpy())
+    out.insert(2, "y_pred", np.asarray(model_classes, dtype=object)[probabilities.argmax(1)])
+    for c, name in enumerate(model_classes):
+        out[f"p_{name}"] = probabilities[:, c]
+    return out
+
+
+def read_predictions_csv(
+    path: str | os.PathLike[str], *, threshold: float = 0.5, pos_label: str | None = None
+) -> pd.DataFrame:
+    """Read a predictions CSV into a table with ``y_true`` and ``y_pred``.
+
+    Accepted columns: ``y_true`` (or Aequitas's ``label_value``, or ``label``), and ``y_pred`` (or
+    ``prediction``) or a ``score`` thresholded at ``threshold`` for a binary target; everything else
+    is kept as attributes. A ``path`` column is resolved against the CSV's folder.
+
+    Raises
+    ------
+    DataError
+        On a missing column, an empty label, or a score that is not a number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise errors.DataError(errors.NO_SUCH_FILE.format(path=path))
+    frame = read_csv_table(path)
+    columns = ", ".join(frame.columns)
+    true_col = next((c for c in TRUE_COLUMNS if c in frame.columns), None)
+    if true_col is None:
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=path,
+                column="y_true",
+                columns=columns,
+                fix="Add the true labels as y_true (or label_value).",
+            )
+        )
+    pred_col = next((c for c in PRED_COLUMNS if c in frame.columns), None)
+    score_col = next((c for c in SCORE_COLUMNS if c in frame.columns), None)
+    if pred_col is None and score_col is None:
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=path,
+                column="y_pred",
+                columns=columns,
+                fix="Add the predicted labels as y_pred, or scores as score with --threshold.",
+            )
+        )
+    _no_empty(frame, true_col, path)
+    out = frame.rename(columns={true_col: "y_true"})
+    if pred_col is not None:
+        _no_empty(frame, pred_col, path)
+        out = out.rename(columns={pred_col: "y_pred"})
+    else:
+        out = out.rename(columns={score_col: "score"})
+        out["y_pred"] = _threshold(out, path, threshold, pos_label)
+    if "path" in out.columns:
+        out["path"] = [str((path.parent / p).resolve()) if p else "" for p in out["path"]]
+    return out
+
+
+def _no_empty(frame: pd.DataFrame, column: str, path: Path) -> None:
+    bad = frame[column].isin(["", "nan", "NaN", "NA", "null", "None"])
+    if bad.any():
+        raise errors.DataError(
+            errors.EMPTY_LABEL.format(
+                path=path, count=int(bad.sum()), column=column, row=int(bad.idxmax()) + 2
+            )
+        )
+
+
+def _threshold(frame: pd.DataFrame, path: Path, threshold: float, pos_label: str | None) -> list:
+    """Binary predictions from scores: the positive class where score >= threshold."""
+    from debias.audit import positive_class
+
+    _no_empty(frame, "score", path)
+    score = pd.to_numeric(frame["score"], errors="coerce")
+    if score.isna().any():
+        row = int(score.isna().idxmax())
+        raise errors.DataError(
+            f"{path}: row {row + 2} has score {frame['score'][row]!r}, which is not a number. "
+            "Scores must be numbers (the positive class's probability)."
+        )
+    classes = sorted(frame["y_true"].unique().tolist())
+    if len(classes) == 1:
+        classes = sorted({classes[0], "0" if classes[0] == "1" else "1"})
+    if len(classes) != 2:
+        raise errors.DataError(
+            f"{path}: a score column needs a binary target, but y_true has {len(classes)} "
+            f"classes ({', '.join(classes[:5])}). Give predicted labels as y_pred instead."
+        )
+    positive = positive_class(classes, pos_label)
+    negative = next(c for c in classes if c != positive)
+    return [positive if s >= threshold else negative for s in score]

@@ -1,0 +1,185 @@
+"""The audit's numbers: equal to fairlearn's MetricFrame, honest intervals, correct flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import (
+    MetricFrame,
+    count,
+    false_negative_rate,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import accuracy_score, precision_score
+
+from debias import ConfigError
+from debias.audit import AuditConfig, audit, bootstrap_counts, cell_counts, metrics_from_counts
+
+
+def _random_predictions(n: int, classes: list[str], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    race = rng.choice(["White", "Black", "Asian", "Indian"], n, p=[0.55, 0.2, 0.15, 0.1])
+    gender = rng.choice(["male", "female"], n)
+    y = rng.choice(classes, n)
+    wrong = rng.random(n) < np.where(race == "Black", 0.35, 0.1)
+    shift = rng.integers(1, len(classes), n)  # a wrong prediction is another class
+    other = np.array(classes)[(np.searchsorted(classes, y) + shift) % len(classes)]
+    pred = np.where(wrong, other, y)
+    return y, pred, pd.DataFrame({"race": race, "gender": gender})
+
+
+def _direct_metric_frame(y, p, sensitive, pos):
+    """MetricFrame on the raw rows, with fairlearn's and scikit-learn's own metric functions."""
+    yt, yp = np.asarray(y) == pos, np.asarray(p) == pos
+    metrics = {
+        "count": lambda a, b: count(a, b),
+        "accuracy": lambda a, b: accuracy_score(y[a], p[a]),
+        "base_rate": lambda a, b: selection_rate(yt[a], yt[a], pos_label=True),
+        "selection_rate": lambda a, b: selection_rate(yt[a], yp[a], pos_label=True),
+        "tpr": lambda a, b: true_positive_rate(yt[a], yp[a], pos_label=True),
+        "fpr": lambda a, b: false_positive_rate(yt[a], yp[a], pos_label=True),
+        "fnr": lambda a, b: false_negative_rate(yt[a], yp[a], pos_label=True),
+        "precision": lambda a, b: precision_score(yt[a], yp[a], zero_division=np.nan),
+    }
+    rows = np.arange(len(y))  # metrics receive row indices so they can read any column
+    return MetricFrame(metrics=metrics, y_true=rows, y_pred=rows, sensitive_features=sensitive)
+
+
+@pytest.mark.parametrize("classes", [["face", "not_face"], ["cat", "dog", "owl"]])
+def test_values_equal_fairlearn_metricframe_on_the_raw_rows(classes: list[str]) -> None:
+    y, p, groups = _random_predictions(3000, classes)
+    result = audit(y, p, groups, AuditConfig(groups=["race", "gender"], bootstrap=50))
+    judged = ["face"] if len(classes) == 2 else classes
+    checked = 0
+    for pos in judged:
+        for attribute, sensitive in (
+            ("race", groups["race"]),
+            ("gender", groups["gender"]),
+            ("race & gender", groups["race"] + " & " + groups["gender"]),
+        ):
+            expected = _direct_metric_frame(y, p, sensitive, pos).by_group
+            ours = result.by_group[result.by_group.attribute == attribute]
+            for group, row in expected.iterrows():
+                for metric, value in row.items():
+                    cls = "" if metric in ("count", "accuracy") else pos
+                    got = ours[
+                        (ours.group == group) & (ours.metric == metric) & (ours["class"] == cls)
+                    ]
+                    assert len(got) == 1, (attribute, group, metric, cls)
+                    assert got["value"].iloc[0] == pytest.approx(value, abs=1e-12)
+                    checked += 1
+        overall = _direct_metric_frame(y, p, np.zeros(len(y)), pos).overall
+        ours = result.by_group[result.by_group.attribute == "overall"]
+        for metric, value in overall.items():
+            cls = "" if metric in ("count", "accuracy") else pos
+            got = ours[(ours.metric == metric) & (ours["class"] == cls)]["value"].iloc[0]
+            assert got == pytest.approx(value, abs=1e-12)
+    assert checked >= 8 * 14 * len(judged)
+
+
+def test_count_formulas_used_by_the_bootstrap_equal_the_estimates() -> None:
+    y, p, groups = _random_predictions(2000, ["a", "b", "c"], seed=1)
+    result = audit(y, p, groups, AuditConfig(groups=["race"], bootstrap=0))
+    codes = {c: i for i, c in enumerate(result.classes)}
+    yt = np.array([codes[v] for v in y])
+    yp = np.array([codes[v] for v in p])
+    for race in ["White", "Black"]:
+        rows = (groups["race"] == race).to_numpy()
+        confusion = cell_counts(np.zeros(rows.sum(), int), yt[rows], yp[rows], 1, 3)[0]
+        from_counts = metrics_from_counts(confusion, [0, 1, 2])
+        ours = result.by_group[(result.by_group.group == race)]["value"].to_numpy()
+        np.testing.assert_allclose(from_counts, ours, equal_nan=True)
+
+
+def test_undefined_rates_are_nan_not_zero() -> None:
+    # Group "b" has no positives: its TPR and FNR are undefined (fairlearn's functions return 0).
+    y = ["1"] * 40 + ["0"] * 80
+    p = ["1"] * 30 + ["0"] * 10 + ["0"] * 80
+    groups = pd.DataFrame({"g": ["a"] * 80 + ["b"] * 40})
+    result = audit(y, p, groups, AuditConfig(groups=["g"], bootstrap=100))
+    b = result.by_group[result.by_group.group == "b"].set_index("metric")["value"]
+    assert np.isnan(b["tpr"]) and np.isnan(b["fnr"]) and np.isnan(b["precision"])
+    assert b["fpr"] == 0.0 and b["accuracy"] == 1.0
+    flags = result.disparities[result.disparities.group == "b"].set_index("metric")["flag"]
+    assert flags["tpr"] == "undefined"
+
+
+def test_bootstrap_of_counts_has_the_binomial_spread() -> None:
+    # Resampling n rows with accuracy p has standard deviation sqrt(p(1-p)/n) for the accuracy.
+    rng = np.random.default_rng(0)
+    counts = np.array([[[300, 50], [30, 120]]])  # one cell, 500 rows, accuracy 0.84
+    boot = bootstrap_counts(counts, 4000, rng)
+    assert (boot.sum(axis=(2, 3)) == 500).all()  # cells keep their size
+    accuracy = metrics_from_counts(boot[:, 0], [1])[:, 1]
+    expected_sd = np.sqrt(0.84 * 0.16 / 500)
+    assert accuracy.mean() == pytest.approx(0.84, abs=0.002)
+    assert accuracy.std() == pytest.approx(expected_sd, rel=0.08)
+
+
+def test_interval_covers_the_true_accuracy_at_its_level() -> None:
+    rng = np.random.default_rng(3)
+    covered = 0
+    trials = 120
+    for t in range(trials):
+        correct = rng.random(400) < 0.8
+        y = np.array(["a"] * 400)
+        p = np.where(correct, "a", "b")
+        r = audit(
+            y, p, pd.DataFrame({"g": ["x"] * 400}), AuditConfig(groups=["g"], bootstrap=300, seed=t)
+        )
+        row = r.by_group[(r.by_group.group == "x") & (r.by_group.metric == "accuracy")].iloc[0]
+        covered += row["ci_low"] <= 0.8 <= row["ci_high"]
+    assert 0.88 <= covered / trials <= 0.995  # 95% nominal; 120 trials give +-0.04
+
+
+def test_planted_failing_group_is_flagged_and_worst() -> None:
+    y, p, groups = _random_predictions(4000, ["face", "not_face"])
+    result = audit(y, p, groups, AuditConfig(groups=["race", "gender"]))
+    summary = result.summary()
+    assert summary["worst_group"]["group"].startswith("Black")
+    acc = result.disparities[result.disparities.metric == "accuracy"].set_index(
+        ["attribute", "group"]
+    )
+    assert acc.loc[("race", "Black"), "reference"] == "White"  # the largest group
+    assert acc.loc[("race", "Black"), "flag"] == "fail"
+    assert bool(acc.loc[("race", "Black"), "significant"])
+    assert acc.loc[("race", "Asian"), "flag"] == "pass"
+    assert acc.loc[("gender", "male"), "flag"] == "pass"
+    low, high = acc.loc[("race", "Black"), ["difference_ci_low", "difference_ci_high"]]
+    assert low < acc.loc[("race", "Black"), "difference"] < high < 0
+
+
+def test_small_groups_are_reported_not_judged() -> None:
+    y, p, groups = _random_predictions(1000, ["face", "not_face"])
+    groups.loc[:9, "race"] = "Pacific"
+    groups.loc[10:14, "race"] = ""  # missing: counted overall, in no race group
+    result = audit(y, p, groups, AuditConfig(groups=["race"], min_group_size=30))
+    pacific = result.by_group[result.by_group.group == "Pacific"]
+    assert (pacific["n"] == 10).all() and not pacific["judged"].any()
+    assert (result.disparities[result.disparities.group == "Pacific"].flag == "too small").all()
+    race_total = result.by_group[
+        (result.by_group.attribute == "race") & (result.by_group.metric == "count")
+    ]
+    assert race_total["value"].sum() == 995
+    assert result.n == 1000
+
+
+def test_reference_group_can_be_chosen() -> None:
+    y, p, groups = _random_predictions(2000, ["face", "not_face"])
+    result = audit(y, p, groups, AuditConfig(groups=["race"], reference={"race": "Black"}))
+    assert set(result.disparities.reference) == {"Black"}
+    with pytest.raises(ConfigError, match="has no group 'Martian'"):
+        audit(y, p, groups, AuditConfig(groups=["race"], reference={"race": "Martian"}))
+
+
+def test_one_million_predictions_with_a_thousand_replicates_is_vectorized() -> None:
+    # Not a timing test: it checks the work does not grow with rows x replicates, by running it.
+    y, p, groups = _random_predictions(1_000_000, ["face", "not_face"])
+    result = audit(y, p, groups, AuditConfig(groups=["race", "gender"], bootstrap=1000))
+    black = result.by_group[
+        (result.by_group.group == "Black") & (result.by_group.metric == "accuracy")
+    ]
+    assert black["ci_high"].iloc[0] - black["ci_low"].iloc[0] < 0.01
