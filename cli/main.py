@@ -19,12 +19,13 @@ import typer
 from rich.console import Console
 
 from cli.progress import RichListener
-from cli.tables import show_audit
+from cli.tables import show_audit, show_outliers
 from debias import TrainConfig, errors, write_synthetic
 from debias import train as train_run
 from debias.audit import AuditConfig
 from debias.audit_run import run_audit
 from debias.config import ModelConfig
+from debias.outliers_run import OutlierConfig, run_outliers
 from debias.train import resume as resume_run
 
 app = typer.Typer(
@@ -369,6 +370,58 @@ def audit(
         with RichListener(console) as listener:
             report = run_audit(config, listener=listener)
     show_audit(console, report)
+
+
+@app.command()
+def outliers(
+    model: Annotated[Path, typer.Option(help="The debias run folder whose faces are the norm.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of images to score (any depth, no labels needed).")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Or a CSV whose 'path' column lists the images.")
+    ] = None,
+    eval_labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV of path,type (inlier or the outlier type): report AUROC/AUPR per type."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="CSV to write (default reports/outliers-<date-time>.csv); JSON beside."),
+    ] = None,
+    contamination: Annotated[
+        float, typer.Option(help="Target share of inliers flagged (false-flag rate).")
+    ] = OutlierConfig.contamination,
+    rare_fraction: Annotated[
+        float, typer.Option(help="Share of validation faces the rarity flag calls rare.")
+    ] = OutlierConfig.rare_fraction,
+    combine: Annotated[
+        str, typer.Option(help="fisher or min: how component p-values combine.")
+    ] = OutlierConfig.combine,
+    chunk_size: Annotated[
+        int, typer.Option(help="Images decoded and scored at a time.")
+    ] = OutlierConfig.chunk_size,
+    device: DeviceOpt = None,
+) -> None:
+    """Flag inputs unlike the run's training faces (and, separately, rare but valid faces)."""
+    with _errors():
+        config = OutlierConfig(
+            model=str(model),
+            data=str(data) if data else None,
+            labels=str(labels) if labels else None,
+            eval_labels=str(eval_labels) if eval_labels else None,
+            contamination=contamination,
+            rare_fraction=rare_fraction,
+            combine=combine,  # type: ignore[arg-type]
+            chunk_size=chunk_size,
+            device=device or "auto",
+            out=str(out) if out else None,
+        )
+        with RichListener(console) as listener:
+            report = run_outliers(config, listener=listener)
+    show_outliers(console, report)
 
 
 @data_app.command("synth")

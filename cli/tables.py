@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from debias.audit_run import AuditReport
+from debias.outliers_run import OutlierReport
 
 MAX_ROWS = 12
 
@@ -140,3 +142,52 @@ def _show_slices(console: Console, clusters: pd.DataFrame, ci: float) -> None:
             row["composition"] or "",
         )
     console.print(table)
+
+
+def show_outliers(console: Console, report: OutlierReport) -> None:
+    """Print the counts, the most anomalous inputs and, with labels, the evaluation."""
+    table, detector = report.table, report.detector
+    unreadable = int((table["reason"] != "").sum())
+    console.print(
+        f"Scored {len(table)} files: {int(table['is_outlier'].sum())} flagged as outliers "
+        f"(target false-flag rate {detector.contamination:.0%}, calibrated on "
+        f"{detector.n_calibration_} validation faces), {int(table['is_rare'].sum())} rare faces, "
+        f"{unreadable} unreadable",
+        highlight=False,
+        markup=False,
+    )
+    top = Table(title="Most anomalous first", title_justify="left")
+    for column in ("rank", "path", "p-value", "outlier", "rare", "reason"):
+        top.add_column(column)
+    for _, row in table.head(MAX_ROWS).iterrows():
+        _add_row(
+            top,
+            str(row["rank"]),
+            Path(row["path"]).name,
+            _num(row["p_value"], 4),
+            "yes" if row["is_outlier"] else "no",
+            "yes" if row["is_rare"] else "no",
+            row["reason"],
+        )
+    console.print(top)
+    if report.evaluation is not None:
+        ev = report.evaluation
+        result = Table(
+            title=f"Against the labels: {ev['n_inliers']} inliers, realised false-flag rate "
+            f"{ev['false_flag_rate']:.3f} (target {ev['target_false_flag_rate']})",
+            title_justify="left",
+        )
+        for column in ("type", "n", "AUROC", "AUPR", "flagged", "missed at 95% kept"):
+            result.add_column(column)
+        for name, m in ev["types"].items():
+            _add_row(
+                result,
+                name,
+                str(m["n"]),
+                _num(m["auroc"]),
+                _num(m["aupr"]),
+                _num(m["flagged_at_threshold"]),
+                _num(m["missed_at_95_kept"]),
+            )
+        console.print(result)
+    console.print(f"Wrote {report.csv} and {report.csv.with_suffix('.json')}")

@@ -233,3 +233,34 @@ def test_audit_bad_input_is_one_line(tmp_path: Path, args: list[str], pattern: s
     }
     argv = ["audit", *[names.get(a, a) for a in args], "--out", str(tmp_path / "o")]
     _one_line_error(runner.invoke(app, argv), pattern)
+
+
+def test_outliers_through_the_cli(synth_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = synth_run
+    out = tmp_path / "o.csv"
+    result = runner.invoke(
+        app, ["outliers", "--model", str(run), "--data", str(data / "face"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Scored 300 files" in result.output and "Most anomalous first" in result.output
+    assert out.is_file() and out.with_suffix(".json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--model", "D", "--data", "D"], "not a debias run folder"),
+        (["--model", "RUN"], "No images given"),
+        (["--model", "RUN", "--data", "D", "--contamination", "2"], "--contamination 2.0"),
+        (["--model", "RUN", "--data", "D", "--combine", "mean"], "--combine 'mean'"),
+        (["--model", "RUN", "--data", "D/nope"], "folder not found"),
+        (["--model", "RUN", "--data", "D"], "no image files found"),
+    ],
+)
+def test_outliers_bad_input_is_one_line(
+    synth_run: tuple[Path, Path], tmp_path: Path, args: list[str], pattern: str
+) -> None:
+    _, run = synth_run
+    names = {"D": str(tmp_path), "RUN": str(run), "D/nope": str(tmp_path / "nope")}
+    argv = ["outliers", *[names.get(a, a) for a in args], "--out", str(tmp_path / "o.csv")]
+    _one_line_error(runner.invoke(app, argv), pattern)

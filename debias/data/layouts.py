@@ -50,6 +50,15 @@ def _visible_files(root: Path) -> list[Path]:
     return out
 
 
+def image_files(root: Path) -> list[str]:
+    """Every image file under ``root`` (any depth, no labels needed), as absolute paths.
+
+    Files and folders with an image extension are listed even when they will not decode, so the
+    caller can report them; files of other types (a README, a CSV) are left out.
+    """
+    return [str(p.resolve()) for p in _visible_files(root) if is_image_name(p.name)]
+
+
 def class_folders(root: Path) -> list[Path]:
     """Non-hidden sub-folders of ``root`` that hold at least one image file (at any depth)."""
     return [

@@ -1,0 +1,312 @@
+"""Outlier scores from a DB-VAE: which inputs are unlike the faces the model was trained on.
+
+Each image gets component scores, all oriented so that higher means more anomalous:
+
+- ``reconstruction``: mean absolute error of the image decoded from its latent mean;
+- ``mahalanobis``: squared Mahalanobis distance of the latent mean to the training latents
+  (class-agnostic; Ledoit-Wolf shrunk covariance, stable with 100 dimensions);
+- ``kl``: the KL term of the encoder's posterior against the prior;
+- ``not_face``: 1 - p(positive class), for detection models only;
+- ``density``: minus the histogram log-density of the latent mean, plus a penalty for every bin
+  width outside the training range. This is *rarity*, reported as its own flag and not combined:
+  rare but valid faces are exactly what debiasing upweights; they are not errors.
+
+Raw scores are never added up (a likelihood can rank some out-of-distribution data as more likely
+than the training data). Each component is turned into a conformal p-value against the run's
+held-out validation faces, the p-values are combined (Fisher's method or the minimum), and the
+combination is itself calibrated on the validation faces: an input is an outlier when its combined
+p-value is at most ``contamination``, which flags that share of inliers (in expectation, for
+inputs exchangeable with the validation faces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.covariance import LedoitWolf
+
+from debias.model import DBVAE, preprocess
+from debias.resample import LatentHistogram
+
+Combine = Literal["fisher", "min"]
+COMBINED = ("reconstruction", "mahalanobis", "kl", "not_face")
+RARITY = "density"
+BATCH = 256
+
+
+@torch.no_grad()
+def raw_scores(
+    model: DBVAE,
+    images: np.ndarray,
+    *,
+    positive: int | None,
+    device: torch.device,
+    on_advance: Callable[[int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-image reconstruction, KL and 1 - p(positive) scores, and the latent means ``(N, K)``."""
+    model.eval()
+    size = model.cfg.image_size
+    out: dict[str, list[np.ndarray]] = {"reconstruction": [], "kl": [], "not_face": []}
+    mus = []
+    for start in range(0, len(images), BATCH):
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH])))
+        x = x.to(device)
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True
+            )
+        logits, mu, logvar = model.encode(x)  # (B, C), (B, K), (B, K)
+        recon = model.decoder(mu)  # (B, 3, S, S)
+        out["reconstruction"].append((recon - x).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+        kl = 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(dim=1)  # (B,)
+        out["kl"].append(kl.cpu().numpy())
+        if positive is not None:
+            p = torch.softmax(logits.float(), dim=1)[:, positive]
+            out["not_face"].append((1.0 - p).cpu().numpy())
+        mus.append(mu.float().cpu().numpy())
+        if on_advance is not None:
+            on_advance(len(x))
+    scores = {k: np.concatenate(v).astype(np.float64) for k, v in out.items() if v}
+    k = model.cfg.latent_dim
+    return scores, (np.concatenate(mus) if mus else np.zeros((0, k), np.float32))
+
+
+# Calibration scores above this quantile estimate the exponential tail beyond the largest one.
+TAIL_QUANTILE = 0.9
+
+
+def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Conformal p-values ``(1 + #{calibration >= s}) / (n + 1)`` of new scores.
+
+    See :func:`log_p_values`, which this exponentiates.
+    """
+    return np.exp(log_p_values(calibration, scores))
+
+
+def log_p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Log conformal p-values of new scores (in logs: far-out scores would underflow to 0).
+
+    Beyond the largest calibration score every p-value would be the same ``1 / (n + 1)``, which
+    ties all clear outliers; there the p-value keeps falling along an exponential tail fitted to
+    the top tenth of the calibration scores (a generalised Pareto tail of shape 0), so scores far
+    out still rank. Within the calibration range, and so at any threshold it can calibrate, the
+    p-value is exactly the conformal one.
+    """
+    ordered = np.sort(calibration)
+    n = len(ordered)
+    at_least = n - np.searchsorted(ordered, scores, side="left")
+    log_p = np.log1p(at_least) - np.log(n + 1.0)
+    if n:
+        top = ordered[int(np.floor(TAIL_QUANTILE * (n - 1))) :]
+        scale = max(float(np.mean(top - top[0])), 1e-12)
+        beyond = scores > ordered[-1]
+        log_p[beyond] = -(scores[beyond] - ordered[-1]) / scale - np.log(n + 1.0)
+    return log_p
+
+
+def _leave_one_out_log_p_values(calibration: np.ndarray) -> np.ndarray:
+    """Log p-values of the calibration scores themselves, each against all the others.
+
+    Exactly what :func:`p_values` gives a new score against the other n - 1, so the calibration
+    scores and new inliers' scores are exchangeable (the top score falls on the tail, as a new
+    score above every calibration score would).
+    """
+    n = len(calibration)
+    ordered = np.sort(calibration)
+    at_least = n - np.searchsorted(ordered, calibration, side="left")  # includes itself
+    log_p = np.log(at_least / n)
+    if n >= 2:
+        top = int(np.argmax(calibration))
+        others = np.delete(calibration, top)
+        log_p[top] = log_p_values(others, calibration[top : top + 1])[0]
+    return log_p
+
+
+def _combine(log_p: np.ndarray, how: Combine) -> np.ndarray:
+    """Return the combined statistic of log p-values ``(N, M)``; higher = more anomalous."""
+    if how == "fisher":
+        return -2.0 * log_p.sum(axis=1)
+    return -log_p.min(axis=1)
+
+
+def calibrate(
+    components: list[np.ndarray], combine: Combine, contamination: float
+) -> tuple[np.ndarray, float]:
+    """Score calibration inliers and find the threshold that flags ``contamination`` of them.
+
+    Parameters
+    ----------
+    components : list of numpy.ndarray
+        Each component's scores on the same calibration inliers.
+    combine : {"fisher", "min"}
+    contamination : float
+
+    Returns
+    -------
+    decision_scores : numpy.ndarray
+        Each calibration inlier's combined score, from leave-one-out p-values.
+    threshold : float
+        New combined scores above it have a combined p-value at most ``contamination``;
+        ``inf`` when there are too few calibration inliers to flag that few.
+    """
+    loo = np.stack([_leave_one_out_log_p_values(c) for c in components], axis=1)
+    scores = _combine(loo, combine)
+    # p = (1 + #{scores >= s}) / (n + 1) <= contamination  <=>  at most k scores are >= s.
+    k = int(np.floor(contamination * (len(scores) + 1))) - 1
+    ordered = np.sort(scores)[::-1]
+    return scores, float(ordered[k]) if 0 <= k < len(ordered) else float("inf")
+
+
+class LatentOutlierDetector:
+    """Outlier detector on a DB-VAE's latent space, following pyod's contract.
+
+    Parameters
+    ----------
+    model : DBVAE
+        A trained model (from :func:`debias.load_model`).
+    contamination : float
+        Target share of inliers flagged (the false-flag rate), calibrated on validation faces.
+    rare_fraction : float
+        Share of validation faces that the rarity flag marks as rare.
+    combine : {"fisher", "min"}
+        How component p-values combine: Fisher's ``-2 Σ log p`` or the smallest p-value.
+    positive : int or None
+        Index of the positive class of a detection model (adds the ``not_face`` component).
+    bins, alpha : int, float
+        Histogram of the rarity score (as in the resampler).
+    device : torch.device, optional
+        Where the model runs.
+
+    Attributes
+    ----------
+    components_ : list of str
+        Components combined into the outlier score.
+    mean_, precision_ : numpy.ndarray
+        Mean and shrunk inverse covariance of the training latents.
+    histogram_ : LatentHistogram
+        Latent density of the training faces.
+    calibration_ : dict of str to numpy.ndarray
+        Each component's (and rarity's) scores on the validation faces.
+    decision_scores_ : numpy.ndarray
+        Combined scores of the validation faces (leave-one-out), higher = more anomalous.
+    threshold_ : float
+        Combined scores above this are outliers (``inf`` when too few validation faces exist to
+        flag as few as ``contamination``).
+    labels_ : numpy.ndarray
+        0/1 outlier labels of the validation faces.
+    n_calibration_ : int
+        Number of validation faces.
+
+    Notes
+    -----
+    ``decision_function`` follows pyod: higher means more anomalous (scikit-learn's sign is the
+    opposite).
+    """
+
+    def __init__(
+        self,
+        model: DBVAE,
+        *,
+        contamination: float = 0.05,
+        rare_fraction: float = 0.05,
+        combine: Combine = "fisher",
+        positive: int | None = None,
+        bins: int = 10,
+        alpha: float = 1e-3,
+        device: torch.device | None = None,
+    ) -> None:
+        self.model = model
+        self.contamination = contamination
+        self.rare_fraction = rare_fraction
+        self.combine = combine
+        self.positive = positive
+        self.bins = bins
+        self.alpha = alpha
+        self.device = device
+
+    def fit(
+        self,
+        train_images: np.ndarray,
+        val_images: np.ndarray,
+        on_advance: Callable[[int], None] | None = None,
+    ) -> LatentOutlierDetector:
+        """Fit the latent statistics on training faces and calibrate on validation faces."""
+        device = self.device or torch.device("cpu")
+        _, mu_train = raw_scores(
+            self.model, train_images, positive=None, device=device, on_advance=on_advance
+        )
+        self.mean_ = mu_train.mean(axis=0)
+        self.precision_ = LedoitWolf().fit(mu_train).precision_
+        self.histogram_ = LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
+            torch.from_numpy(mu_train)
+        )
+        self.components_ = [c for c in COMBINED if c != "not_face" or self.positive is not None]
+        self.calibration_ = self.score_components(val_images, on_advance=on_advance)
+        self.n_calibration_ = len(val_images)
+        self.decision_scores_, self.threshold_ = calibrate(
+            [self.calibration_[c] for c in self.components_], self.combine, self.contamination
+        )
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        return self
+
+    def score_components(
+        self, images: np.ndarray, on_advance: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Raw component and rarity scores of ``images`` (each: higher = more anomalous)."""
+        scores, mu = raw_scores(
+            self.model,
+            images,
+            positive=self.positive,
+            device=self.device or torch.device("cpu"),
+            on_advance=on_advance,
+        )
+        centred = mu - self.mean_
+        scores["mahalanobis"] = np.einsum("nk,kl,nl->n", centred, self.precision_, centred)
+        scores[RARITY] = self._rarity(mu)
+        return scores
+
+    def _rarity(self, mu: np.ndarray) -> np.ndarray:
+        """Minus the histogram log-density, plus one empty bin's cost per bin width out of range."""
+        h = self.histogram_
+        m = torch.from_numpy(mu).float()
+        inside = -h.score_samples(m, torch.zeros(len(m), dtype=torch.long)).numpy()
+        lo, hi = h.lo_[0].numpy(), h.hi_[0].numpy()
+        width = np.maximum((hi - lo) / h.bins, 1e-12)
+        outside = (np.maximum(lo - mu, 0) + np.maximum(mu - hi, 0)) / width  # (N, K) bin widths
+        empty_bin_cost = -h.log_prob_[0].min(dim=1).values.numpy()  # (K,)
+        return inside + (outside * empty_bin_cost).sum(axis=1)
+
+    def decision_function(self, images: np.ndarray) -> np.ndarray:
+        """Return the combined outlier score ``(N,)``; higher means more anomalous."""
+        return self.combine_scores(self.score_components(images))
+
+    def combine_scores(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Return the combined score of component scores from :meth:`score_components`."""
+        log_p = np.stack(
+            [log_p_values(self.calibration_[c], scores[c]) for c in self.components_], axis=1
+        )
+        return _combine(log_p, self.combine)
+
+    def predict(
+        self, images: np.ndarray, on_advance: Callable[[int], None] | None = None
+    ) -> pd.DataFrame:
+        """Per image: every component, the combined score, its p-value, is_outlier, is_rare."""
+        scores = self.score_components(images, on_advance=on_advance)
+        return self.table(scores)
+
+    def table(self, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+        """Build the :meth:`predict` table from component scores (for scoring in chunks)."""
+        combined = self.combine_scores(scores)
+        p = p_values(self.decision_scores_, combined)
+        rare_p = p_values(self.calibration_[RARITY], scores[RARITY])
+        out = pd.DataFrame({c: scores[c] for c in [*self.components_, RARITY]})
+        out["combined"] = combined
+        out["p_value"] = p
+        out["is_outlier"] = combined > self.threshold_
+        out["rare_p_value"] = rare_p
+        out["is_rare"] = rare_p <= self.rare_fraction
+        return out

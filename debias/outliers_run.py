@@ -1,0 +1,356 @@
+"""The ``debias outliers`` job: fit the detector from a run, score a folder in chunks, write files.
+
+The detector is fitted on the run's training faces and calibrated on its validation faces (the
+rows of ``samples.csv``), then every image under ``--data`` is scored in chunks of
+``chunk_size`` images, so a folder of any size streams from disk. Unreadable files are rows with
+the reason, flagged, never a crash. Outputs: ``outliers.csv`` (one row per file, ranked) and
+``outliers.json`` (threshold, target rate, calibration size, score definitions, model hash and,
+with ``eval_labels``, AUROC / AUPR per outlier type).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import debias
+from debias import errors
+from debias import run as runio
+from debias.data import decode_images
+from debias.data.layouts import image_files, read_csv_table
+from debias.device import select_device
+from debias.outliers import LatentOutlierDetector
+from debias.train import Listener, SilentListener
+
+# Inlier rows of an evaluation CSV carry one of these (or the run's positive class, e.g. face).
+INLIER_VALUES = ("inlier", "normal", "in")
+MAX_TRAIN_IMAGES = 20_000  # the latent mean and covariance settle long before this
+DEFINITIONS = {
+    "reconstruction": "mean absolute pixel error of the image decoded from its latent mean",
+    "mahalanobis": "squared Mahalanobis distance of the latent mean to the training latents "
+    "(Ledoit-Wolf covariance)",
+    "kl": "KL divergence of the encoder's posterior from the N(0, I) prior",
+    "not_face": "1 - p(positive class) from the classifier head (detection models)",
+    "density": "minus the histogram log-density of the latent mean under the training faces, plus "
+    "one empty bin's cost per bin width outside the training range (rarity, not combined)",
+    "combined": "Fisher's -2 sum log p (or -log min p) of the components' conformal p-values "
+    "against the validation faces",
+    "p_value": "conformal p-value of the combined score against the validation faces; "
+    "is_outlier iff p_value <= contamination",
+}
+
+
+@dataclass
+class OutlierConfig:
+    """Everything that defines an outlier scan; saved in ``outliers.json``.
+
+    Attributes
+    ----------
+    model : str
+        A debias run folder.
+    data : str or None
+        Folder of images to score (any depth; no labels needed) ...
+    labels : str or None
+        ... or a CSV whose ``path`` column lists them (relative to the CSV).
+    eval_labels : str or None
+        CSV with ``path`` and ``type`` (or ``label``): ``inlier`` (or the run's positive class)
+        for inliers, any other value names an outlier type. Turns on AUROC/AUPR per type.
+    contamination : float
+        Target false-flag rate on inliers.
+    rare_fraction : float
+        Share of validation faces the rarity flag calls rare.
+    combine : {"fisher", "min"}
+        How component p-values combine.
+    chunk_size : int
+        Images decoded and scored at a time.
+    device : str
+    out : str or None
+        The CSV to write (default ``reports/outliers-<date-time>.csv``); the JSON goes beside it.
+    """
+
+    model: str
+    data: str | None = None
+    labels: str | None = None
+    eval_labels: str | None = None
+    contamination: float = 0.05  # flag 1 in 20 inliers: a review queue, not an alarm
+    rare_fraction: float = 0.05
+    combine: Literal["fisher", "min"] = (
+        "fisher"  # uses every component; min follows the most extreme
+    )
+    chunk_size: int = 2048
+    device: str = "auto"
+    out: str | None = None
+    components: list[str] = field(default_factory=list)  # filled in: what was combined
+
+    def validate(self) -> None:
+        """Raise ConfigError on an out-of-range option or missing input."""
+        if self.data is None and self.labels is None:
+            raise errors.ConfigError("No images given. Pass --data FOLDER or --labels FILE.")
+        checks = (
+            ("contamination", 0 < self.contamination < 1, "use a rate such as 0.05"),
+            ("rare-fraction", 0 < self.rare_fraction < 1, "use a rate such as 0.05"),
+            ("combine", self.combine in ("fisher", "min"), "use fisher or min"),
+            ("chunk-size", self.chunk_size >= 1, "use 1 or more"),
+        )
+        for option, ok, fix in checks:
+            if not ok:
+                value = getattr(self, option.replace("-", "_"))
+                raise errors.ConfigError(
+                    errors.BAD_OPTION.format(
+                        option=option, value=value, problem="not allowed", fix=fix.capitalize()
+                    )
+                )
+
+
+@dataclass
+class OutlierReport:
+    """What :func:`run_outliers` returns: the scored table, the detector and the evaluation."""
+
+    csv: Path
+    table: pd.DataFrame
+    detector: LatentOutlierDetector
+    evaluation: dict[str, Any] | None
+
+
+def fit_detector(
+    run_dir: str | Path, config: OutlierConfig, listener: Listener | None = None
+) -> LatentOutlierDetector:
+    """Fit a detector on a run's training faces and calibrate it on its validation faces.
+
+    Raises
+    ------
+    RunError
+        When the run has no validation faces, or its training images cannot be read any more.
+    """
+    listener = listener or SilentListener()
+    model, run_config = runio.load_model(run_dir)
+    device = select_device(config.device)
+    model = model.to(device)
+    classes = run_config["data"]["classes"]
+    positive_name = run_config["data"].get("positive_class")
+    positive = classes.index(positive_name) if positive_name in classes else None
+    samples = pd.read_csv(Path(run_dir) / runio.SAMPLES, keep_default_na=False)
+    if positive_name is not None:
+        samples = samples[samples["label"] == positive_name]
+    train_paths = samples.loc[samples["split"] == "train", "path"].tolist()
+    val_paths = samples.loc[samples["split"] == "val", "path"].tolist()
+    if not val_paths:
+        raise errors.RunError(
+            f"{run_dir}: the run has no validation faces to calibrate on. "
+            "Train it with --val-fraction above 0 (the default is 0.1)."
+        )
+    rng = np.random.default_rng(0)
+    if len(train_paths) > MAX_TRAIN_IMAGES:
+        keep = np.sort(rng.choice(len(train_paths), MAX_TRAIN_IMAGES, replace=False))
+        train_paths = [train_paths[i] for i in keep]
+    size = model.cfg.image_size
+    listener.phase("decode run", len(train_paths) + len(val_paths))
+    train_images = _decode_run_images(train_paths, size, run_dir, listener)
+    val_images = _decode_run_images(val_paths, size, run_dir, listener)
+    listener.phase("calibrate", len(train_images) + len(val_images))
+    detector = LatentOutlierDetector(
+        model,
+        contamination=config.contamination,
+        rare_fraction=config.rare_fraction,
+        combine=config.combine,
+        positive=positive,
+        device=device,
+    )
+    return detector.fit(train_images, val_images, on_advance=listener.advance)
+
+
+def _decode_run_images(
+    paths: list[str], size: int, run_dir: str | Path, listener: Listener
+) -> np.ndarray:
+    images, failures = decode_images(paths, size, on_advance=listener.advance)
+    if failures:
+        first = next(iter(failures))
+        raise errors.RunError(
+            f"{run_dir}: {len(failures)} of the run's own images cannot be read any more (first: "
+            f"{paths[first]}: {failures[first]}). Put the training data back where it was."
+        )
+    return images
+
+
+def _inputs(config: OutlierConfig) -> list[str]:
+    if config.labels is not None:
+        csv = Path(config.labels)
+        if not csv.is_file():
+            raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv))
+        table = read_csv_table(csv)
+        if "path" not in table.columns:
+            raise errors.DataError(
+                errors.MISSING_COLUMN.format(
+                    path=csv,
+                    column="path",
+                    columns=", ".join(table.columns),
+                    fix="Add a 'path' column with image paths relative to the CSV's folder.",
+                )
+            )
+        return [str((csv.parent / p).resolve()) for p in table["path"]]
+    root = Path(config.data)  # type: ignore[arg-type]
+    if not root.is_dir():
+        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root))
+    paths = image_files(root)
+    if not paths:
+        raise errors.DataError(
+            f"{root}: no image files found. Point --data at a folder of images (any depth)."
+        )
+    return paths
+
+
+def run_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> OutlierReport:
+    """Score every image of ``config.data`` against the run ``config.model`` and write the files.
+
+    Parameters
+    ----------
+    config : OutlierConfig
+    listener : Listener, optional
+        Progress hooks.
+
+    Returns
+    -------
+    OutlierReport
+    """
+    listener = listener or SilentListener()
+    config.validate()
+    runio.read_config(config.model)  # a run folder, before any work
+    paths = _inputs(config)
+    detector = fit_detector(config.model, config, listener)
+    config = dataclasses.replace(config, components=list(detector.components_))
+    size = detector.model.cfg.image_size
+
+    listener.phase("score", len(paths))
+    parts = []
+    for start in range(0, len(paths), config.chunk_size):
+        chunk = paths[start : start + config.chunk_size]
+        images, failures = decode_images(chunk, size)
+        ok = np.setdiff1d(np.arange(len(chunk)), np.fromiter(failures, dtype=np.int64))
+        part = detector.predict(images[ok])
+        part.insert(0, "path", [chunk[i] for i in ok])
+        part["reason"] = ""
+        bad = pd.DataFrame(
+            {"path": [chunk[i] for i in failures], "reason": list(failures.values())}
+        )
+        bad["is_outlier"] = True  # an input that cannot be read is not a face the model knows
+        bad["is_rare"] = False
+        parts += [part, bad]
+        listener.advance(len(chunk))
+    table = pd.concat(parts, ignore_index=True)
+    table = table.sort_values("combined", ascending=False, na_position="first")
+    table.insert(1, "rank", np.arange(1, len(table) + 1))
+    table = table.reset_index(drop=True)
+
+    evaluation = None
+    if config.eval_labels is not None:
+        positive = runio.read_config(config.model)["data"].get("positive_class")
+        inliers = [*INLIER_VALUES, *([positive] if positive else [])]
+        evaluation = evaluate(table, config.eval_labels, detector, inliers)
+    csv = Path(
+        config.out or Path("reports") / datetime.now().strftime("outliers-%Y%m%d-%H%M%S.csv")
+    )
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    runio.write_csv(csv, table)
+    runio.write_json(csv.with_suffix(".json"), _summary(config, detector, table, evaluation))
+    return OutlierReport(csv, table, detector, evaluation)
+
+
+def evaluate(
+    table: pd.DataFrame,
+    eval_labels: str | Path,
+    detector: LatentOutlierDetector,
+    inlier_values: list[str],
+) -> dict[str, Any]:
+    """AUROC, AUPR and rates per outlier type, from a CSV of ``path`` and ``type``/``label``.
+
+    Convention: outliers are the positive class and the combined score ranks them (higher = more
+    anomalous). ``flagged_at_threshold`` is the share flagged at the calibrated threshold (for
+    inliers: the realised false-flag rate); ``missed_at_95_kept`` is the share of outliers that
+    pass when the threshold keeps 95% of the inliers (FPR95 with inliers as positives).
+    Unreadable files count as flagged and are left out of the AUROC.
+    """
+    csv = Path(eval_labels)
+    if not csv.is_file():
+        raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv))
+    labels = read_csv_table(csv)
+    column = "type" if "type" in labels.columns else "label" if "label" in labels.columns else None
+    if "path" not in labels.columns or column is None:
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=csv,
+                column="path' or 'type",
+                columns=", ".join(labels.columns),
+                fix="Give path and type (inlier, or the outlier type) for each image.",
+            )
+        )
+    resolved = [str((csv.parent / p).resolve()) for p in labels["path"]]
+    kinds = dict(zip(resolved, labels[column], strict=True))
+    kind = table["path"].map(kinds)
+    inlier = kind.isin(inlier_values)
+    scored = table["combined"].notna() & kind.notna()
+    result: dict[str, Any] = {
+        "convention": evaluate.__doc__.split("\n\n")[1].strip().replace("\n    ", " "),
+        "n_inliers": int((inlier & scored).sum()),
+        "unlabelled": int(kind.isna().sum()),
+        "false_flag_rate": float(table.loc[inlier, "is_outlier"].mean()),
+        "target_false_flag_rate": detector.contamination,
+        "types": {},
+    }
+    inlier_scores = table.loc[inlier & scored, "combined"].to_numpy()
+    keep95 = np.quantile(inlier_scores, 0.95) if len(inlier_scores) else np.nan
+    for name in sorted(set(kind.dropna()) - set(kind[inlier])):
+        rows = (kind == name) & scored
+        scores = table.loc[rows, "combined"].to_numpy()
+        y = np.r_[np.zeros(len(inlier_scores)), np.ones(len(scores))]
+        s = np.r_[inlier_scores, scores]
+        both = len(scores) > 0 and len(inlier_scores) > 0
+        result["types"][name] = {
+            "n": int((kind == name).sum()),
+            "auroc": float(roc_auc_score(y, s)) if both else None,
+            "aupr": float(average_precision_score(y, s)) if both else None,
+            "flagged_at_threshold": float(table.loc[kind == name, "is_outlier"].mean()),
+            "missed_at_95_kept": float((scores <= keep95).mean()) if both else None,
+        }
+    return result
+
+
+def model_hash(run_dir: str | Path) -> str:
+    """SHA-256 of the run's checkpoint: which weights produced the scores."""
+    digest = hashlib.sha256()
+    with open(Path(run_dir) / runio.CHECKPOINT, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _summary(
+    config: OutlierConfig,
+    detector: LatentOutlierDetector,
+    table: pd.DataFrame,
+    evaluation: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "debias_version": debias.__version__,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(config),
+        "model_sha256": model_hash(config.model),
+        "threshold": detector.threshold_,
+        "target_false_flag_rate": detector.contamination,
+        "calibration_size": detector.n_calibration_,
+        "calibration_false_flag_rate": float(detector.labels_.mean()),
+        "components": detector.components_,
+        "definitions": DEFINITIONS,
+        "n": len(table),
+        "n_outliers": int(table["is_outlier"].sum()),
+        "n_rare": int(table["is_rare"].sum()),
+        "n_unreadable": int((table["reason"] != "").sum()),
+        "evaluation": evaluation,
+    }

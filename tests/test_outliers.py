@@ -1,0 +1,154 @@
+"""The outlier detector: pyod's contract, planted outliers found, the false-flag rate kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from debias import RunError, load_model, train
+from debias.outliers import LatentOutlierDetector, calibrate, p_values
+from debias.outliers_run import OutlierConfig, fit_detector, run_outliers
+
+
+def test_conformal_threshold_keeps_the_target_false_flag_rate() -> None:
+    rng = np.random.default_rng(0)
+    # Four correlated components, as real ones are.
+    base = rng.normal(size=(42_000, 1))
+    scores = np.exp(base + 0.5 * rng.normal(size=(42_000, 4)))
+    calibration, test = scores[:2000], scores[2000:]
+    for combine in ("fisher", "min"):
+        for target in (0.01, 0.05, 0.2):
+            decision, threshold = calibrate(list(calibration.T), combine, target)
+            p = np.stack([p_values(calibration[:, j], test[:, j]) for j in range(4)], axis=1)
+            combined = -2 * np.log(p).sum(1) if combine == "fisher" else -np.log(p.min(1))
+            realised = (combined > threshold).mean()
+            # The threshold is a quantile of 2,000 scores: allow 3 of its standard errors.
+            tolerance = 3 * np.sqrt(target * (1 - target) / 2000)
+            assert abs(realised - target) < tolerance, (combine, target, realised)
+            assert abs((decision > threshold).mean() - target) < tolerance
+
+
+def test_p_values_are_conformal_inside_and_keep_falling_beyond() -> None:
+    calibration = np.arange(1.0, 100.0)  # 99 scores
+    p = p_values(calibration, np.array([0.0, 50.0, 99.0, 100.0, 120.0]))
+    assert p[0] == 1.0 and p[1] == pytest.approx(51 / 100) and p[2] == pytest.approx(2 / 100)
+    assert 0 < p[4] < p[3] <= 1 / 100
+
+
+def _planted(tmp_path: Path, faces: np.ndarray) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    n, _, s, _ = faces.shape
+    return {
+        "constant": np.broadcast_to(
+            rng.integers(0, 256, (n, 3, 1, 1), dtype=np.uint8), faces.shape
+        ).copy(),
+        "uniform noise": rng.integers(0, 256, faces.shape, dtype=np.uint8),
+    }
+
+
+def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tmp_path) -> None:
+    data, run = synth_run
+    detector = fit_detector(run, OutlierConfig(model=str(run), data=str(data), device="cpu"))
+    # pyod's attributes after fit
+    assert isinstance(detector, LatentOutlierDetector)
+    assert detector.components_ == ["reconstruction", "mahalanobis", "kl", "not_face"]
+    assert len(detector.decision_scores_) == detector.n_calibration_ == len(detector.labels_) == 60
+    assert set(np.unique(detector.labels_)) <= {0, 1} and np.isfinite(detector.threshold_)
+
+    # Fresh inliers: faces drawn by the same generator with another seed.
+    from debias import write_synthetic
+    from debias.data import load_data
+
+    write_synthetic(tmp_path / "fresh", n_faces=200, n_non_faces=200, seed=7)
+    fresh = load_data(tmp_path / "fresh", image_size=32)
+    faces = fresh.images[fresh.y == fresh.classes.index("face")]
+    scenes = fresh.images[fresh.y == fresh.classes.index("not_face")]
+    inlier = detector.decision_function(faces)
+    # Floors for a 3-epoch model at 32 px; the real-face benchmark sets the real bar.
+    floors = {"constant": 0.9, "uniform noise": 0.9, "not a face": 0.8}
+    for name, images in {**_planted(tmp_path, faces), "not a face": scenes}.items():
+        outlier = detector.decision_function(images)
+        y = np.r_[np.zeros(len(inlier)), np.ones(len(outlier))]
+        auroc = roc_auc_score(y, np.r_[inlier, outlier])
+        assert auroc >= floors[name], (name, auroc)
+    table = detector.predict(faces[:10])
+    assert list(table.columns) == [
+        "reconstruction", "mahalanobis", "kl", "not_face", "density",
+        "combined", "p_value", "is_outlier", "rare_p_value", "is_rare",
+    ]  # fmt: skip
+    assert (table["is_outlier"] == (table["p_value"] <= 0.05)).all()
+    # higher = more anomalous, in pyod's sense
+    assert detector.decision_function(scenes).mean() > inlier.mean()
+
+
+def test_rare_faces_are_rare_not_outliers(synth_run: tuple[Path, Path]) -> None:
+    data, run = synth_run
+    detector = fit_detector(run, OutlierConfig(model=str(run), data=str(data), device="cpu"))
+    samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
+    from debias.data import decode_images
+
+    faces = samples[(samples.label == "face")]
+    images, _ = decode_images(faces["path"].tolist(), 32)
+    table = detector.predict(images)
+    dark = (faces["skin_tone"] == "dark").to_numpy()
+    # Dark-skinned faces are the rare kind: more of them are flagged rare than light ones.
+    assert table["is_rare"][dark].mean() > 2 * table["is_rare"][~dark].mean()
+
+
+def test_outliers_cli_job_streams_and_reports_unreadable(
+    synth_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, run = synth_run
+    incoming = tmp_path / "incoming" / "nested"
+    incoming.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    labels = pd.read_csv(data / "labels.csv", keep_default_na=False)
+    for i, rel in enumerate(labels[labels.label == "face"]["path"][:40]):
+        Image.open(data / rel).save(incoming / f"face{i}.png")
+        rows.append((f"nested/face{i}.png", "face"))
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            incoming / f"noise{i}.png"
+        )
+        rows.append((f"nested/noise{i}.png", "noise"))
+    (incoming / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (incoming / "notes.txt").write_text("not an image, not scored")
+    pd.DataFrame(rows, columns=["path", "type"]).to_csv(tmp_path / "incoming" / "eval.csv")
+    out = tmp_path / "o" / "outliers.csv"
+    report = run_outliers(
+        OutlierConfig(
+            model=str(run),
+            data=str(tmp_path / "incoming"),
+            eval_labels=str(tmp_path / "incoming" / "eval.csv"),
+            chunk_size=16,  # several chunks
+            device="cpu",
+            out=str(out),
+        )
+    )
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 61 and table["rank"].tolist() == list(range(1, 62))
+    broken = table[table.path.str.endswith("broken.jpg")].iloc[0]
+    assert broken["is_outlier"] and broken["reason"]
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["calibration_size"] == 60 and summary["target_false_flag_rate"] == 0.05
+    assert len(summary["model_sha256"]) == 64 and "reconstruction" in summary["definitions"]
+    assert summary["n_unreadable"] == 1
+    noise = report.evaluation["types"]["noise"]
+    assert noise["auroc"] >= 0.75 and report.evaluation["n_inliers"] == 40  # tiny model
+
+
+def test_run_without_validation_faces_cannot_calibrate(labels_dir: Path, tmp_path: Path) -> None:
+    from conftest import tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(data=str(labels_dir), out=str(run), epochs=1, val_fraction=0.0))
+    assert load_model(run)
+    with pytest.raises(RunError, match="no validation faces to calibrate on"):
+        fit_detector(run, OutlierConfig(model=str(run), data=str(labels_dir), device="cpu"))
