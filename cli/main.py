@@ -25,7 +25,9 @@ from debias import train as train_run
 from debias.audit import AuditConfig
 from debias.audit_run import run_audit
 from debias.config import ModelConfig
+from debias.demo import run_demo
 from debias.outliers_run import OutlierConfig, run_outliers
+from debias.report import ReportConfig, build_report
 from debias.train import resume as resume_run
 
 app = typer.Typer(
@@ -398,7 +400,7 @@ def outliers(
         float, typer.Option(help="Share of validation faces the rarity flag calls rare.")
     ] = OutlierConfig.rare_fraction,
     combine: Annotated[
-        str, typer.Option(help="fisher or min: how component p-values combine.")
+        str, typer.Option(help="min or fisher: how component p-values combine.")
     ] = OutlierConfig.combine,
     chunk_size: Annotated[
         int, typer.Option(help="Images decoded and scored at a time.")
@@ -422,6 +424,67 @@ def outliers(
         with RichListener(console) as listener:
             report = run_outliers(config, listener=listener)
     show_outliers(console, report)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="The debiased run folder.")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="A plain-classifier run to compare with.")
+    ] = None,
+    audit: Annotated[
+        Path | None, typer.Option(help="An audit folder of RUN (debias audit --out).")
+    ] = None,
+    outliers: Annotated[
+        Path | None, typer.Option(help="An outliers.csv written by debias outliers.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Report name (default: the run's).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default reports/<name>).")
+    ] = None,
+) -> None:
+    """Write a fairness report (HTML, JSON, Markdown) a reviewer can read."""
+    with _errors():
+        html = build_report(
+            ReportConfig(
+                run=str(run),
+                baseline=str(baseline) if baseline else None,
+                audit=str(audit) if audit else None,
+                outliers=str(outliers) if outliers else None,
+                name=name,
+                out=str(out) if out else None,
+            )
+        )
+    console.print(f"Report: {html}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data, runs and report.")] = Path(
+        "reports/demo"
+    ),
+    epochs: Annotated[int, typer.Option(help="Training epochs of both models.")] = 10,
+    device: DeviceOpt = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Synthetic faces -> baseline + DB-VAE -> audit -> outliers -> report, nothing to download."""
+    with _errors():
+        with RichListener(console) as listener:
+            html = run_demo(
+                out,
+                epochs=epochs,
+                device=device or "auto",
+                seed=seed,
+                listener=listener,
+                say=lambda text: listener.progress.console.print(text, highlight=False),
+            )
+    console.print(f"Report: {html}", highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f"Open it in a browser: {html.resolve().as_uri()}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @data_app.command("synth")

@@ -1,22 +1,28 @@
 """Outlier scores from a DB-VAE: which inputs are unlike the faces the model was trained on.
 
-Each image gets component scores, all oriented so that higher means more anomalous:
+Each image gets component scores:
 
 - ``reconstruction``: mean absolute error of the image decoded from its latent mean;
 - ``mahalanobis``: squared Mahalanobis distance of the latent mean to the training latents
   (class-agnostic; Ledoit-Wolf shrunk covariance, stable with 100 dimensions);
 - ``kl``: the KL term of the encoder's posterior against the prior;
 - ``not_face``: 1 - p(positive class), for detection models only;
+- ``sharpness`` and ``blockiness``: two pixel statistics (log mean absolute Laplacian; log ratio
+  of the gradients across 8-pixel block edges to those elsewhere). A face VAE's latent space is
+  nearly blind to blur and compression, which make faces look *more* typical to it;
 - ``density``: minus the histogram log-density of the latent mean, plus a penalty for every bin
   width outside the training range. This is *rarity*, reported as its own flag and not combined:
   rare but valid faces are exactly what debiasing upweights; they are not errors.
 
 Raw scores are never added up (a likelihood can rank some out-of-distribution data as more likely
 than the training data). Each component is turned into a conformal p-value against the run's
-held-out validation faces, the p-values are combined (Fisher's method or the minimum), and the
-combination is itself calibrated on the validation faces: an input is an outlier when its combined
-p-value is at most ``contamination``, which flags that share of inliers (in expectation, for
-inputs exchangeable with the validation faces).
+held-out validation faces — two-sided for every component but ``not_face``, because an input can
+be atypical by being too easy to reconstruct or too close to the latent mean (a blurred face
+reconstructs better than a sharp one: the typicality argument of Nalisnick et al., 2019). The
+p-values are combined (the minimum, or Fisher's method) and the combination is itself calibrated
+on the validation faces: an input is an outlier when its combined p-value is at most
+``contamination``, which flags that share of inliers (in expectation, for inputs exchangeable with
+the validation faces).
 """
 
 from __future__ import annotations
@@ -33,9 +39,43 @@ from debias.model import DBVAE, preprocess
 from debias.resample import LatentHistogram
 
 Combine = Literal["fisher", "min"]
-COMBINED = ("reconstruction", "mahalanobis", "kl", "not_face")
+# Combined components and whether each is judged on both tails (True) or the upper one only.
+TWO_SIDED = {
+    "reconstruction": True,
+    "mahalanobis": True,
+    "kl": True,
+    "not_face": False,  # looking more like a face than the faces is no anomaly
+    "sharpness": True,
+    "blockiness": True,
+}
+COMBINED = tuple(TWO_SIDED)
 RARITY = "density"
+JPEG_BLOCK = 8
 BATCH = 256
+
+
+def pixel_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Sharpness and JPEG blockiness of uint8 images ``(N, 3, S, S)``, in logs.
+
+    Sharpness is the mean absolute Laplacian of the grey image (blur lowers it, noise raises it).
+    Blockiness is the mean absolute gradient across the edges of JPEG's 8x8 blocks over the mean
+    gradient elsewhere (heavy compression raises it).
+    """
+    out: dict[str, list[np.ndarray]] = {"sharpness": [], "blockiness": []}
+    for start in range(0, len(images), 1024):
+        x = np.asarray(images[start : start + 1024], dtype=np.float32).mean(axis=1)  # (B, S, S)
+        lap = 4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2]
+        lap -= x[:, 1:-1, 2:]
+        out["sharpness"].append(np.log(np.abs(lap).mean(axis=(1, 2)) + 1e-3))
+        across_cols = np.abs(np.diff(x, axis=2))  # (B, S, S-1): between columns j and j+1
+        across_rows = np.abs(np.diff(x, axis=1))  # (B, S-1, S)
+        edge_c = np.arange(across_cols.shape[2]) % JPEG_BLOCK == JPEG_BLOCK - 1
+        edge_r = np.arange(across_rows.shape[1]) % JPEG_BLOCK == JPEG_BLOCK - 1
+        at = across_cols[:, :, edge_c].mean(axis=(1, 2)) + across_rows[:, edge_r].mean(axis=(1, 2))
+        off = across_cols[:, :, ~edge_c].mean(axis=(1, 2))
+        off += across_rows[:, ~edge_r].mean(axis=(1, 2))
+        out["blockiness"].append(np.log((at + 1e-3) / (off + 1e-3)))
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -108,6 +148,23 @@ def log_p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return log_p
 
 
+def sided_log_p_values(calibration: np.ndarray, scores: np.ndarray, two_sided: bool) -> np.ndarray:
+    """Log p-values of new scores: upper tail, or both tails (twice the smaller, at most 1)."""
+    upper = log_p_values(calibration, scores)
+    if not two_sided:
+        return upper
+    lower = log_p_values(-calibration, -scores)
+    return np.minimum(np.log(2.0) + np.minimum(upper, lower), 0.0)
+
+
+def _leave_one_out_sided(calibration: np.ndarray, two_sided: bool) -> np.ndarray:
+    upper = _leave_one_out_log_p_values(calibration)
+    if not two_sided:
+        return upper
+    lower = _leave_one_out_log_p_values(-calibration)
+    return np.minimum(np.log(2.0) + np.minimum(upper, lower), 0.0)
+
+
 def _leave_one_out_log_p_values(calibration: np.ndarray) -> np.ndarray:
     """Log p-values of the calibration scores themselves, each against all the others.
 
@@ -134,7 +191,10 @@ def _combine(log_p: np.ndarray, how: Combine) -> np.ndarray:
 
 
 def calibrate(
-    components: list[np.ndarray], combine: Combine, contamination: float
+    components: list[np.ndarray],
+    combine: Combine,
+    contamination: float,
+    two_sided: list[bool] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Score calibration inliers and find the threshold that flags ``contamination`` of them.
 
@@ -144,6 +204,8 @@ def calibrate(
         Each component's scores on the same calibration inliers.
     combine : {"fisher", "min"}
     contamination : float
+    two_sided : list of bool, optional
+        Per component, whether both tails count (default: upper tail only).
 
     Returns
     -------
@@ -153,7 +215,8 @@ def calibrate(
         New combined scores above it have a combined p-value at most ``contamination``;
         ``inf`` when there are too few calibration inliers to flag that few.
     """
-    loo = np.stack([_leave_one_out_log_p_values(c) for c in components], axis=1)
+    sides = two_sided or [False] * len(components)
+    loo = np.stack([_leave_one_out_sided(c, s) for c, s in zip(components, sides, strict=True)], 1)
     scores = _combine(loo, combine)
     # p = (1 + #{scores >= s}) / (n + 1) <= contamination  <=>  at most k scores are >= s.
     k = int(np.floor(contamination * (len(scores) + 1))) - 1
@@ -172,8 +235,8 @@ class LatentOutlierDetector:
         Target share of inliers flagged (the false-flag rate), calibrated on validation faces.
     rare_fraction : float
         Share of validation faces that the rarity flag marks as rare.
-    combine : {"fisher", "min"}
-        How component p-values combine: Fisher's ``-2 Σ log p`` or the smallest p-value.
+    combine : {"min", "fisher"}
+        How component p-values combine: the smallest p-value or Fisher's ``-2 Σ log p``.
     positive : int or None
         Index of the positive class of a detection model (adds the ``not_face`` component).
     bins, alpha : int, float
@@ -213,7 +276,7 @@ class LatentOutlierDetector:
         *,
         contamination: float = 0.05,
         rare_fraction: float = 0.05,
-        combine: Combine = "fisher",
+        combine: Combine = "min",
         positive: int | None = None,
         bins: int = 10,
         alpha: float = 1e-3,
@@ -248,7 +311,10 @@ class LatentOutlierDetector:
         self.calibration_ = self.score_components(val_images, on_advance=on_advance)
         self.n_calibration_ = len(val_images)
         self.decision_scores_, self.threshold_ = calibrate(
-            [self.calibration_[c] for c in self.components_], self.combine, self.contamination
+            [self.calibration_[c] for c in self.components_],
+            self.combine,
+            self.contamination,
+            [TWO_SIDED[c] for c in self.components_],
         )
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self
@@ -266,6 +332,7 @@ class LatentOutlierDetector:
         )
         centred = mu - self.mean_
         scores["mahalanobis"] = np.einsum("nk,kl,nl->n", centred, self.precision_, centred)
+        scores.update(pixel_statistics(images))
         scores[RARITY] = self._rarity(mu)
         return scores
 
@@ -287,7 +354,11 @@ class LatentOutlierDetector:
     def combine_scores(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Return the combined score of component scores from :meth:`score_components`."""
         log_p = np.stack(
-            [log_p_values(self.calibration_[c], scores[c]) for c in self.components_], axis=1
+            [
+                sided_log_p_values(self.calibration_[c], scores[c], TWO_SIDED[c])
+                for c in self.components_
+            ],
+            axis=1,
         )
         return _combine(log_p, self.combine)
 

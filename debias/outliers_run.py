@@ -39,10 +39,13 @@ DEFINITIONS = {
     "(Ledoit-Wolf covariance)",
     "kl": "KL divergence of the encoder's posterior from the N(0, I) prior",
     "not_face": "1 - p(positive class) from the classifier head (detection models)",
+    "sharpness": "log mean absolute Laplacian of the grey image (two-sided: blur and noise)",
+    "blockiness": "log ratio of gradients across 8x8 JPEG block edges to those elsewhere "
+    "(two-sided)",
     "density": "minus the histogram log-density of the latent mean under the training faces, plus "
     "one empty bin's cost per bin width outside the training range (rarity, not combined)",
-    "combined": "Fisher's -2 sum log p (or -log min p) of the components' conformal p-values "
-    "against the validation faces",
+    "combined": "-log of the smallest (or Fisher's -2 sum log) of the components' conformal "
+    "p-values against the validation faces; two-sided for all but not_face",
     "p_value": "conformal p-value of the combined score against the validation faces; "
     "is_outlier iff p_value <= contamination",
 }
@@ -82,9 +85,8 @@ class OutlierConfig:
     eval_labels: str | None = None
     contamination: float = 0.05  # flag 1 in 20 inliers: a review queue, not an alarm
     rare_fraction: float = 0.05
-    combine: Literal["fisher", "min"] = (
-        "fisher"  # uses every component; min follows the most extreme
-    )
+    # min: each corruption type tends to show in one component; benchmarks/RESULTS.md compares
+    combine: Literal["fisher", "min"] = "min"
     chunk_size: int = 2048
     device: str = "auto"
     out: str | None = None

@@ -264,3 +264,25 @@ def test_outliers_bad_input_is_one_line(
     names = {"D": str(tmp_path), "RUN": str(run), "D/nope": str(tmp_path / "nope")}
     argv = ["outliers", *[names.get(a, a) for a in args], "--out", str(tmp_path / "o.csv")]
     _one_line_error(runner.invoke(app, argv), pattern)
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    html = out / "report" / "report.html"
+    assert f"Report: {html}" in result.output
+    for step in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
+        assert step in result.output
+    facts = json.loads((out / "report" / "report.json").read_text())
+    assert facts["baseline_headline"]["overall_accuracy"] > 0.5
+    assert facts["outliers"]["evaluation"]["types"]["uniform noise"]["auroc"] > 0.9
+    # A rerun reuses the data and the trained runs.
+    again = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--device", "cpu"])
+    assert again.exit_code == 0 and "2/6" not in again.output
+
+
+def test_report_of_a_missing_audit_is_one_line(synth_run, tmp_path: Path) -> None:
+    _, run = synth_run
+    result = runner.invoke(app, ["report", str(run), "--audit", str(tmp_path)])
+    _one_line_error(result, "not an audit folder (audit.json missing)")

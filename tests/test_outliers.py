@@ -57,7 +57,9 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
     detector = fit_detector(run, OutlierConfig(model=str(run), data=str(data), device="cpu"))
     # pyod's attributes after fit
     assert isinstance(detector, LatentOutlierDetector)
-    assert detector.components_ == ["reconstruction", "mahalanobis", "kl", "not_face"]
+    assert detector.components_ == [
+        "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness",
+    ]  # fmt: skip
     assert len(detector.decision_scores_) == detector.n_calibration_ == len(detector.labels_) == 60
     assert set(np.unique(detector.labels_)) <= {0, 1} and np.isfinite(detector.threshold_)
 
@@ -79,7 +81,7 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
         assert auroc >= floors[name], (name, auroc)
     table = detector.predict(faces[:10])
     assert list(table.columns) == [
-        "reconstruction", "mahalanobis", "kl", "not_face", "density",
+        "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness", "density",
         "combined", "p_value", "is_outlier", "rare_p_value", "is_rare",
     ]  # fmt: skip
     assert (table["is_outlier"] == (table["p_value"] <= 0.05)).all()
@@ -152,3 +154,35 @@ def test_run_without_validation_faces_cannot_calibrate(labels_dir: Path, tmp_pat
     assert load_model(run)
     with pytest.raises(RunError, match="no validation faces to calibrate on"):
         fit_detector(run, OutlierConfig(model=str(run), data=str(labels_dir), device="cpu"))
+
+
+def test_two_sided_components_catch_atypically_typical_inputs() -> None:
+    # A blurred face reconstructs *better* than a sharp one: only the lower tail sees it.
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=2000)
+    too_low = np.full(100, -4.0)
+    from debias.outliers import sided_log_p_values
+
+    assert np.exp(sided_log_p_values(calibration, too_low, False)).min() > 0.9
+    assert np.exp(sided_log_p_values(calibration, too_low, True)).max() < 0.01
+    middle = np.exp(sided_log_p_values(calibration, np.array([0.0]), True))[0]
+    assert 0.9 < middle <= 1.0
+
+
+def test_pixel_statistics_see_blur_and_blocking() -> None:
+    import io
+
+    from PIL import ImageFilter
+
+    from debias.outliers import pixel_statistics
+
+    rng = np.random.default_rng(0)
+    base = (rng.random((64, 64, 3)) * 60 + np.linspace(0, 180, 64)[None, :, None]).astype(np.uint8)
+    img = Image.fromarray(base)
+    blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(2)))
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=5)
+    jpeg = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    stats = pixel_statistics(np.stack([base, blurred, jpeg]).transpose(0, 3, 1, 2))
+    assert stats["sharpness"][1] < stats["sharpness"][0] - 1  # far less detail
+    assert stats["blockiness"][2] > stats["blockiness"][0] + 0.3  # block edges stand out
