@@ -30,6 +30,7 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score, precision_score
 
 from debias import errors
+from debias.config import check_option
 
 # Metrics judged per group. ``count`` and ``base_rate`` describe the data, not the classifier,
 # so they get no four-fifths flag.
@@ -136,13 +137,8 @@ class AuditConfig:
             ("image-size", self.image_size is None or self.image_size >= 8, "use 8 or more"),
         )
         for option, ok, fix in checks:
-            if not ok:
-                value = getattr(self, option.replace("-", "_"))
-                raise errors.ConfigError(
-                    errors.BAD_OPTION.format(
-                        option=option, value=value, problem="out of range", fix=fix.capitalize()
-                    )
-                )
+            value = getattr(self, option.replace("-", "_"))
+            check_option(ok, option, value, "out of range", fix.capitalize())
 
     def to_dict(self) -> dict[str, Any]:
         """Return the options as plain JSON values."""

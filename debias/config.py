@@ -28,7 +28,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for sizes the architecture cannot take."""
-        _check(
+        check_option(
             self.image_size >= 16 and self.image_size % 16 == 0,
             "image_size",
             self.image_size,
@@ -97,29 +97,31 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         for name in ("lr", "alpha"):
             value = getattr(self, name)
-            _check(value > 0, name, value, "must be greater than 0", "Pass a positive number.")
-        _check(
+            check_option(
+                value > 0, name, value, "must be greater than 0", "Pass a positive number."
+            )
+        check_option(
             self.kl_weight >= 0,
             "kl_weight",
             self.kl_weight,
             "must not be negative",
             "Pass 0 or a positive number.",
         )
-        _check(
+        check_option(
             0 <= self.val_fraction < 1,
             "val_fraction",
             self.val_fraction,
             "must be in [0, 1)",
             "Pass e.g. 0.1.",
         )
-        _check(
+        check_option(
             self.ess_fraction is None or 0 < self.ess_fraction <= 1,
             "ess_fraction",
             self.ess_fraction,
             "must be in (0, 1]",
             "Pass e.g. 0.5, or 0 to use alpha alone.",
         )
-        _check(
+        check_option(
             self.warmup_epochs >= 0,
             "warmup_epochs",
             self.warmup_epochs,
@@ -133,7 +135,7 @@ class TrainConfig:
             ("lr_schedule", LrSchedule),
         ):
             value = getattr(self, name)
-            _check(
+            check_option(
                 value in allowed.__args__,
                 name,
                 value,
@@ -155,7 +157,8 @@ class TrainConfig:
         return cls(**d, model=model)
 
 
-def _check(ok: bool, name: str, value: object, problem: str, fix: str) -> None:
+def check_option(ok: bool, name: str, value: object, problem: str, fix: str) -> None:
+    """Raise ConfigError naming the option, its value, the problem and the fix, unless ``ok``."""
     if not ok:
         raise errors.ConfigError(
             errors.BAD_OPTION.format(
@@ -165,7 +168,7 @@ def _check(ok: bool, name: str, value: object, problem: str, fix: str) -> None:
 
 
 def _positive(name: str, value: int) -> None:
-    _check(
+    check_option(
         isinstance(value, int) and value > 0,
         name,
         value,

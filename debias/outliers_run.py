@@ -24,6 +24,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 import debias
 from debias import errors
 from debias import run as runio
+from debias.config import check_option
 from debias.data import decode_images
 from debias.data.layouts import image_files, read_csv_table
 from debias.device import select_device
@@ -103,13 +104,8 @@ class OutlierConfig:
             ("chunk-size", self.chunk_size >= 1, "use 1 or more"),
         )
         for option, ok, fix in checks:
-            if not ok:
-                value = getattr(self, option.replace("-", "_"))
-                raise errors.ConfigError(
-                    errors.BAD_OPTION.format(
-                        option=option, value=value, problem="not allowed", fix=fix.capitalize()
-                    )
-                )
+            value = getattr(self, option.replace("-", "_"))
+            check_option(ok, option, value, "not allowed", fix.capitalize())
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None
     model = load_model(out)[0]
     mu, _ = compute_latents(model, result.data.images, np.arange(48), torch.device("cpu"))
     train_mask = (samples["split"] == "train").to_numpy()
-    refit = LatentHistogram(bins=10, alpha=1e-3).fit(mu[train_mask])
+    refit = LatentHistogram(bins=10, alpha=1e-3).fit(mu[torch.tensor(train_mask)])
     zeros = torch.zeros(48, dtype=torch.long)
     torch.testing.assert_close(density.score_samples(mu, zeros), refit.score_samples(mu, zeros))
 
