@@ -616,6 +616,12 @@ def _disparity_rows(
         ratio = values / values[r]
     d_low, d_high = _interval(diff_rep, config.ci)
     r_low, r_high = _interval(np.where(np.isfinite(ratio_rep), ratio_rep, np.nan), config.ci)
+    # Where a group holds one true class only (grouping by the target itself, say), its selection
+    # rate and precision for that class follow from the labels, not the classifier: not judged.
+    label_bound = {
+        m for m, (metric, cls) in enumerate(keys) if metric in ("selection_rate", "precision")
+    }
+    base = {m: keys.index(("base_rate", keys[m][1])) for m in label_bound}
     out = []
     for v, name in enumerate(names):
         if name == reference:
@@ -624,9 +630,10 @@ def _disparity_rows(
             if metric not in JUDGED:
                 continue
             small = min(sizes[name], sizes[reference]) < config.min_group_size
+            one_class = m in label_bound and any(values[g, base[m]] in (0.0, 1.0) for g in (v, r))
             if small:
                 flag = "too small"
-            elif not np.isfinite(ratio[v, m]):
+            elif not np.isfinite(ratio[v, m]) or one_class:
                 flag = "undefined"
             else:
                 fair = config.tau <= ratio[v, m] <= 1 / config.tau

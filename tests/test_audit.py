@@ -183,3 +183,16 @@ def test_one_million_predictions_with_a_thousand_replicates_is_vectorized() -> N
         (result.by_group.group == "Black") & (result.by_group.metric == "accuracy")
     ]
     assert black["ci_high"].iloc[0] - black["ci_low"].iloc[0] < 0.01
+
+
+def test_grouping_by_the_target_does_not_judge_label_bound_rates() -> None:
+    # Gender classifier audited by gender: every female's true label is female.
+    rng = np.random.default_rng(0)
+    gender = rng.choice(["female", "male"], 2000)
+    wrong = rng.random(2000) < 0.1
+    pred = np.where(wrong, np.where(gender == "male", "female", "male"), gender)
+    result = audit(gender, pred, pd.DataFrame({"gender": gender}), AuditConfig(groups=["gender"]))
+    flags = result.disparities.set_index("metric")["flag"]
+    assert flags["precision"] == "undefined" and flags["selection_rate"] == "undefined"
+    assert flags["accuracy"] == "pass"
+    assert result.summary()["largest_disparity"]["metric"] not in ("precision", "selection_rate")
