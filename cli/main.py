@@ -306,7 +306,9 @@ def audit(
     ] = None,
     classes: Annotated[
         str | None,
-        typer.Option(help="External model class names in output order (default: sorted)."),
+        typer.Option(
+            help="Class names: an external model's output order, or all classes a CSV may predict."
+        ),
     ] = None,
     embed_with: Annotated[
         Path | None,

@@ -101,11 +101,14 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
     if config.predictions is not None:
         source = config.predictions
         table = read_predictions_csv(
-            config.predictions, threshold=config.threshold, pos_label=config.pos_label
+            config.predictions,
+            threshold=config.threshold,
+            pos_label=config.pos_label,
+            classes=config.classes,
         )
         candidates = [c for c in table.columns if is_attribute(c)]
         groups = _groups(table, config.groups, candidates, source)
-        classes = None
+        classes = sorted(set(table["y_true"]) | set(table["y_pred"]) | set(config.classes or []))
     else:
         source = config.model
         classifier = load_classifier(

@@ -44,6 +44,10 @@ PATH_ESCAPES = (
     "{path}: row {row} has path {value!r}, which points outside {root}. "
     "Use paths relative to the CSV's folder that stay inside it."
 )
+DUPLICATE_ROW = (
+    "{path}: row {row} lists {value!r} again (first at row {first}); a repeated image would count "
+    "twice. Remove the repeated rows."
+)
 EMPTY_LABEL = (
     "{path}: {count} row(s) have an empty {column!r} (first: row {row}). "
     "Fill them in or remove those rows."

@@ -251,13 +251,18 @@ def predictions_table(
 
 
 def read_predictions_csv(
-    path: str | os.PathLike[str], *, threshold: float = 0.5, pos_label: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    threshold: float = 0.5,
+    pos_label: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read a predictions CSV into a table with ``y_true`` and ``y_pred``.
 
     Accepted columns: ``y_true`` (or Aequitas's ``label_value``, or ``label``), and ``y_pred`` (or
     ``prediction``) or a ``score`` thresholded at ``threshold`` for a binary target; everything else
-    is kept as attributes. A ``path`` column is resolved against the CSV's folder.
+    is kept as attributes. A ``path`` column is resolved against the CSV's folder. A predicted
+    class that never occurs in ``y_true`` is taken for a typo unless ``classes`` lists it.
 
     Raises
     ------
@@ -295,6 +300,15 @@ def read_predictions_csv(
     if pred_col is not None:
         _no_empty(frame, pred_col, path)
         out = out.rename(columns={pred_col: "y_pred"})
+        known = set(out["y_true"]) | set(classes or [])
+        unknown = sorted(set(out["y_pred"]) - known)
+        if unknown:
+            row = int(out.index[out["y_pred"] == unknown[0]][0])
+            raise errors.DataError(
+                f"{path}: row {row + 2} predicts {unknown[0]!r}, which is not a value of y_true "
+                f"({', '.join(sorted(set(out['y_true']))[:10])}). Use the same class names in "
+                "both columns, or pass --classes listing every class."
+            )
     else:
         out = out.rename(columns={score_col: "score"})
         out["y_pred"] = _threshold(out, path, threshold, pos_label)
@@ -319,11 +333,13 @@ def _threshold(frame: pd.DataFrame, path: Path, threshold: float, pos_label: str
 
     _no_empty(frame, "score", path)
     score = pd.to_numeric(frame["score"], errors="coerce")
-    if score.isna().any():
-        row = int(score.isna().idxmax())
+    outside = score.isna() | (score < 0) | (score > 1)
+    if outside.any():
+        row = int(outside.idxmax())
         raise errors.DataError(
-            f"{path}: row {row + 2} has score {frame['score'][row]!r}, which is not a number. "
-            "Scores must be numbers (the positive class's probability)."
+            f"{path}: row {row + 2} has score {frame['score'][row]!r}, which is not a number "
+            "between 0 and 1. Scores must be the positive class's probability (apply a sigmoid "
+            "to logits first)."
         )
     classes = sorted(frame["y_true"].unique().tolist())
     if len(classes) == 1:

@@ -86,6 +86,12 @@ def test_labels_csv_path_escaping_the_folder(labels_dir: Path) -> None:
         ("file,label\nimg/1.png,a\n", r"column 'path' not found .* Add a 'path' column"),
         ("path,cls\nimg/1.png,a\n", r"column 'label' not found .*--target"),
         ("path,label\nimg/1.png,\nimg/2.png,b\n", r"empty 'label'"),
+        (
+            "path,label\nimg/1.png,a\nimg/2.png,b\n./img/1.png,a\n",
+            r"row 4 lists './img/1.png' again",
+        ),
+        ("path,label\nimg/1.png,a\nimg/2.png,a\n", r"only one class \('a'\)"),
+        ("path,label\n/etc/passwd,a\nimg/2.png,b\n", r"points outside"),
     ],
 )
 def test_labels_csv_errors(labels_dir: Path, text: str, match: str) -> None:
@@ -220,3 +226,28 @@ def test_synthetic_data_is_skewed_and_loadable(tmp_path: Path) -> None:
     faces = data.frame[data.frame["label"] == "face"]
     assert 0 < (faces["skin_tone"] == "dark").sum() < 15
     assert data.group_columns == ["skin_tone", "glasses"]
+
+
+def test_awkward_files_are_decoded_or_reported(class_folders: Path, tmp_path: Path) -> None:
+    """Each awkward file either becomes an image or a skipped row with a reason; none crash."""
+    import os
+
+    face = class_folders / "face"
+    frames = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
+    frames[0].save(face / "animated.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (1, 1), "white").save(face / "tiny.png")
+    Image.new("1", (30000, 30000)).save(face / "bomb.png")  # 900 megapixels
+    (face / "folder.jpg").mkdir()
+    (face / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    long_name = "x" * 240 + ".png"
+    Image.new("RGB", (8, 8)).save(face / long_name)
+    odd = os.fsdecode(b"caf\xe9-latin1.png")  # not valid UTF-8 on disk
+    Image.new("RGB", (8, 8)).save(face / odd)
+    data = load_data(class_folders, image_size=16)
+    reasons = {Path(p).name: r for p, r in data.skipped}
+    assert "too large to decode safely" in reasons["bomb.png"]
+    assert "folder" in reasons["folder.jpg"]
+    assert "not found" in reasons["broken.jpg"]
+    names = {Path(p).name for p in data.frame["path"]}
+    assert {"animated.gif", "tiny.png", long_name, odd} <= names
+    assert len(data) == 40 + 4

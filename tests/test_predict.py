@@ -29,9 +29,9 @@ def test_csv_with_aequitas_names_and_a_threshold(tmp_path: Path) -> None:
 def test_csv_semicolons_and_paths_relative_to_the_csv(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     csv = tmp_path / "sub" / "preds.csv"
-    csv.write_text("path;y_true;y_pred;g\nimg/1.png;a;b;x\n")
+    csv.write_text("path;y_true;y_pred;g\nimg/1.png;a;b;x\nimg/2.png;b;b;y\n")
     table = read_predictions_csv(csv)
-    assert table["y_pred"].tolist() == ["b"]
+    assert table["y_pred"].tolist() == ["b", "b"]
     assert table["path"][0] == str((tmp_path / "sub" / "img" / "1.png").resolve())
 
 
@@ -43,6 +43,11 @@ def test_csv_semicolons_and_paths_relative_to_the_csv(tmp_path: Path) -> None:
         ("y_true,y_pred,race\n1,1,a\n,0,b\n", "1 row(s) have an empty 'y_true' (first: row 3)"),
         ("y_true,y_pred,race\n1,1,a\nNaN,0,b\n", "empty 'y_true'"),
         ("y_true,score,race\n1,0.3,a\n0,high,b\n", "row 3 has score 'high'"),
+        (
+            "y_true,score,race\n1,0.3,a\n0,1.7,b\n",
+            "row 3 has score '1.7', which is not a number between 0 and 1",
+        ),
+        ("y_true,y_pred\na,a\nb,c\n", "row 3 predicts 'c', which is not a value of y_true"),
         ("y_true,score\na,0.3\nb,0.2\nc,0.9\n", "needs a binary target"),
     ],
 )

@@ -308,3 +308,32 @@ def test_classes_the_vae_does_not_model_are_sampled_uniformly(
     assert non_faces.nunique() == 1 and faces.nunique() > 1
     assert non_faces.sum() == pytest.approx(len(non_faces) / len(rows))
     assert faces.sum() == pytest.approx(len(faces) / len(rows))
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(
+    labels_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+    import importlib
+
+    from debias import DebiasError
+
+    training = importlib.import_module("debias.train")  # the module; debias.train is the function
+
+    real, calls = training.dbvae_loss, {"n": 0}
+    steps_per_epoch = 3  # 38 training images in batches of 16
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > steps_per_epoch:  # the second epoch's first step
+            return dataclasses.replace(loss, total=loss.total * float("nan"))
+        return loss
+
+    monkeypatch.setattr(training, "dbvae_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(DebiasError, match=r"the loss became nan in epoch 2.*--resume"):
+        train(tiny_config(data=str(labels_dir), out=str(out), epochs=3))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

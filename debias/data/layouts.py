@@ -143,6 +143,15 @@ def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, S
                 errors.PATH_ESCAPES.format(path=csv_path, row=i + 2, value=value, root=root)
             )
         paths.append(str(full))
+    repeated = pd.Series(paths).duplicated()
+    if repeated.any():
+        row = int(repeated.idxmax())
+        first = paths.index(paths[row])
+        raise errors.DataError(
+            errors.DUPLICATE_ROW.format(
+                path=csv_path, row=row + 2, value=frame["path"][row], first=first + 2
+            )
+        )
     attrs = frame.drop(columns=["path", target])
     if "label" in attrs.columns:  # the original label column is kept as an attribute
         attrs = attrs.rename(columns={"label": "label_column"})
