@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from debias import errors
-from debias.data.layouts import read_csv_table
+from debias.data.layouts import MISSING, read_csv_table
 from debias.model import preprocess
 from debias.run import CONFIG, load_model
 
@@ -318,7 +318,7 @@ def read_predictions_csv(
 
 
 def _no_empty(frame: pd.DataFrame, column: str, path: Path) -> None:
-    bad = frame[column].isin(["", "nan", "NaN", "NA", "null", "None"])
+    bad = frame[column].str.strip().isin(MISSING)
     if bad.any():
         raise errors.DataError(
             errors.EMPTY_LABEL.format(

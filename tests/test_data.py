@@ -87,6 +87,10 @@ def test_labels_csv_path_escaping_the_folder(labels_dir: Path) -> None:
         ("path,cls\nimg/1.png,a\n", r"column 'label' not found .*--target"),
         ("path,label\nimg/1.png,\nimg/2.png,b\n", r"empty 'label'"),
         (
+            "path,label\nimg/1.png,NaN\nimg/2.png,b\n",
+            r"1 row\(s\) have an empty 'label' \(first: row 2\)",
+        ),
+        (
             "path,label\nimg/1.png,a\nimg/2.png,b\n./img/1.png,a\n",
             r"row 4 lists './img/1.png' again",
         ),

@@ -337,3 +337,50 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
+    write_synthetic(tmp_path / "synth", n_faces=200, n_non_faces=200, size=32, seed=2)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "synth"), "--epochs", "30", "--image-size", "32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _debias() + args + [*TINY_ARGS, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines() == [f"Interrupted. Resume with: debias train --resume {out}"]
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] < 30
+
+
+def test_permission_denied_and_a_class_with_one_image(
+    class_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from debias.data import decode as decode_module
+
+    for extra in (class_folders / "not_face").glob("*.jpg"):
+        if extra.name != "000.jpg":
+            extra.unlink()  # not_face keeps one image
+    real_open = Image.open
+
+    def guarded(path, *args, **kwargs):
+        if str(path).endswith("003.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode_module.Image, "open", guarded)
+    data = load_data(class_folders, image_size=16)
+    assert [(Path(p).name, r) for p, r in data.skipped] == [("003.png", "permission denied")]
+    assert np.bincount(data.y).tolist() == [19, 1]
+    result = train(tiny_config(data=str(class_folders), epochs=1, out=str(tmp_path / "run")))
+    assert result.metrics[0]["epoch"] == 1

@@ -17,6 +17,8 @@ from debias import errors
 from debias.data.decode import IMAGE_EXTENSIONS, is_image_name
 
 Skipped = list[tuple[str, str]]
+# Cells that spreadsheets and pandas write for a missing value: an empty label, not a class.
+MISSING = ("", "nan", "NaN", "NA", "N/A", "null", "None")
 
 UTK_TARGETS = ("gender", "race", "age-bucket")
 UTK_GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
@@ -127,7 +129,7 @@ def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, S
             )
         )
     for column in ("path", target):
-        empty = frame.index[frame[column].str.strip() == ""]
+        empty = frame.index[frame[column].str.strip().isin(MISSING)]
         if len(empty):
             raise errors.DataError(
                 errors.EMPTY_LABEL.format(
