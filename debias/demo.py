@@ -9,7 +9,6 @@ README shows.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -133,4 +132,4 @@ def run_demo(
         name="demo",
         out=str(out / "report"),
     )
-    return build_report(dataclasses.replace(config))
+    return build_report(config)

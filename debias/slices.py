@@ -106,7 +106,7 @@ def slice_table(
                 "judged": bool(r["judged"]),
                 "share_of_errors": wrong[members].sum() / total_errors,
                 "composition": _composition(table, members, config.groups),
-                "examples": _examples(table, members, embedding, wrong),
+                "examples": _examples(members, embedding, wrong),
             }
         )
     out = pd.DataFrame(rows)
@@ -140,9 +140,7 @@ def _composition(table: pd.DataFrame, members: np.ndarray, groups: list[str]) ->
     return "; ".join(parts)
 
 
-def _examples(
-    table: pd.DataFrame, members: np.ndarray, embedding: np.ndarray, wrong: np.ndarray
-) -> list[int]:
+def _examples(members: np.ndarray, embedding: np.ndarray, wrong: np.ndarray) -> list[int]:
     """Row indices of up to N_EXAMPLES members: failures nearest the slice's centre first."""
     centre = embedding[members].mean(axis=0)
     distance = np.linalg.norm(embedding[members] - centre, axis=1)
