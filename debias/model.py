@@ -17,13 +17,20 @@ from torch import nn
 from debias.config import ModelConfig, Recon
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
+def preprocess(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """Turn uint8 images ``(B, 3, S, S)`` into the float ``[0, 1]`` input of the model.
 
-    Training, the latent pass for resampling, evaluation and prediction all go through this one
-    function, so latents are never computed on differently scaled images than training sees.
+    Training, the latent pass for resampling, evaluation, prediction and outlier scoring all go
+    through this one function, so latents are never computed on differently scaled images than
+    training sees. With ``size``, images of another side are resized (bilinear, antialiased), so
+    any audited or screened image set can be fed to the model.
     """
-    return images.float().div_(255.0)
+    x = images.float().div_(255.0)  # (B, 3, S, S)
+    if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )  # (B, 3, size, size)
+    return x
 
 
 def _conv_block(c_in: int, c_out: int, k: int) -> list[nn.Module]:

@@ -89,16 +89,11 @@ def raw_scores(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-image reconstruction, KL and 1 - p(positive) scores, and the latent means ``(N, K)``."""
     model.eval()
-    size = model.cfg.image_size
     out: dict[str, list[np.ndarray]] = {"reconstruction": [], "kl": [], "not_face": []}
     mus = []
     for start in range(0, len(images), BATCH):
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH])))
-        x = x.to(device)
-        if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(
-                x, size=(size, size), mode="bilinear", antialias=True
-            )
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH]))
+        x = preprocess(batch.to(device), model.cfg.image_size)
         logits, mu, logvar = model.encode(x)  # (B, C), (B, K), (B, K)
         recon = model.decoder(mu)  # (B, 3, S, S)
         out["reconstruction"].append((recon - x).abs().mean(dim=(1, 2, 3)).cpu().numpy())

@@ -104,15 +104,10 @@ def compute_latents(
     """
     was_training = model.training
     model.eval()
-    size = model.cfg.image_size
     try:
         mus, probs = [], []
         for _, x in batches(images, idx, EVAL_BATCH):
-            x = preprocess(x.to(device))
-            if x.shape[-1] != size or x.shape[-2] != size:
-                x = torch.nn.functional.interpolate(
-                    x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-                )
+            x = preprocess(x.to(device), model.cfg.image_size)
             logits, mu, _ = model.encode(x)
             if on_advance is not None:
                 on_advance(len(x))
