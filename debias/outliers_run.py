@@ -26,7 +26,7 @@ from debias import errors
 from debias import run as runio
 from debias.config import check_option
 from debias.data import decode_images
-from debias.data.layouts import image_files, read_csv_table
+from debias.data.layouts import image_files, read_csv_table, relative_paths
 from debias.device import select_device
 from debias.outliers import LatentOutlierDetector
 from debias.train import Listener, SilentListener
@@ -181,8 +181,6 @@ def _decode_run_images(
 def _inputs(config: OutlierConfig) -> list[str]:
     if config.labels is not None:
         csv = Path(config.labels)
-        if not csv.is_file():
-            raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv))
         table = read_csv_table(csv)
         if "path" not in table.columns:
             raise errors.DataError(
@@ -193,7 +191,7 @@ def _inputs(config: OutlierConfig) -> list[str]:
                     fix="Add a 'path' column with image paths relative to the CSV's folder.",
                 )
             )
-        return [str((csv.parent / p).resolve()) for p in table["path"]]
+        return relative_paths(csv, table["path"])
     root = Path(config.data)  # type: ignore[arg-type]
     if not root.is_dir():
         raise errors.DataError(errors.NO_SUCH_DIR.format(path=root))
@@ -276,8 +274,6 @@ def evaluate(
     Unreadable files count as flagged and are left out of the AUROC.
     """
     csv = Path(eval_labels)
-    if not csv.is_file():
-        raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv))
     labels = read_csv_table(csv)
     column = "type" if "type" in labels.columns else "label" if "label" in labels.columns else None
     if "path" not in labels.columns or column is None:
@@ -289,8 +285,7 @@ def evaluate(
                 fix="Give path and type (inlier, or the outlier type) for each image.",
             )
         )
-    resolved = [str((csv.parent / p).resolve()) for p in labels["path"]]
-    kinds = dict(zip(resolved, labels[column], strict=True))
+    kinds = dict(zip(relative_paths(csv, labels["path"]), labels[column], strict=True))
     kind = table["path"].map(kinds)
     inlier = kind.isin(inlier_values)
     scored = table["combined"].notna() & kind.notna()

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from debias import errors
-from debias.data.layouts import MISSING, read_csv_table
+from debias.data.layouts import check_filled, read_csv_table, relative_paths
 from debias.model import preprocess
 from debias.run import CONFIG, load_model
 
@@ -270,8 +270,6 @@ def read_predictions_csv(
         On a missing column, an empty label, or a score that is not a number.
     """
     path = Path(path)
-    if not path.is_file():
-        raise errors.DataError(errors.NO_SUCH_FILE.format(path=path))
     frame = read_csv_table(path)
     columns = ", ".join(frame.columns)
     true_col = next((c for c in TRUE_COLUMNS if c in frame.columns), None)
@@ -295,10 +293,10 @@ def read_predictions_csv(
                 fix="Add the predicted labels as y_pred, or scores as score with --threshold.",
             )
         )
-    _no_empty(frame, true_col, path)
+    check_filled(frame, true_col, path)
     out = frame.rename(columns={true_col: "y_true"})
     if pred_col is not None:
-        _no_empty(frame, pred_col, path)
+        check_filled(frame, pred_col, path)
         out = out.rename(columns={pred_col: "y_pred"})
         known = set(out["y_true"]) | set(classes or [])
         unknown = sorted(set(out["y_pred"]) - known)
@@ -313,25 +311,15 @@ def read_predictions_csv(
         out = out.rename(columns={score_col: "score"})
         out["y_pred"] = _threshold(out, path, threshold, pos_label)
     if "path" in out.columns:
-        out["path"] = [str((path.parent / p).resolve()) if p else "" for p in out["path"]]
+        out["path"] = relative_paths(path, out["path"])
     return out
-
-
-def _no_empty(frame: pd.DataFrame, column: str, path: Path) -> None:
-    bad = frame[column].str.strip().isin(MISSING)
-    if bad.any():
-        raise errors.DataError(
-            errors.EMPTY_LABEL.format(
-                path=path, count=int(bad.sum()), column=column, row=int(bad.idxmax()) + 2
-            )
-        )
 
 
 def _threshold(frame: pd.DataFrame, path: Path, threshold: float, pos_label: str | None) -> list:
     """Binary predictions from scores: the positive class where score >= threshold."""
     from debias.audit import positive_class
 
-    _no_empty(frame, "score", path)
+    check_filled(frame, "score", path)
     score = pd.to_numeric(frame["score"], errors="coerce")
     outside = score.isna() | (score < 0) | (score > 1)
     if outside.any():

@@ -88,7 +88,13 @@ def read_class_folders(root: Path) -> tuple[pd.DataFrame, Skipped]:
 
 
 def read_csv_table(csv_path: Path) -> pd.DataFrame:
-    """Read a CSV as text cells ('' when empty), with its separator (, ; tab) detected."""
+    """Read a CSV as text cells ('' when empty), with its separator (, ; tab) detected.
+
+    Every CSV the tool reads (labels, predictions, images to screen, evaluation labels) comes
+    through here, so they share one missing-file error and one parse error.
+    """
+    if not csv_path.is_file():
+        raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv_path))
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as fh:
             head = fh.read(64 * 1024)
@@ -103,6 +109,22 @@ def read_csv_table(csv_path: Path) -> pd.DataFrame:
         raise errors.DataError(errors.BAD_CSV.format(path=csv_path, reason=exc)) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def check_filled(frame: pd.DataFrame, column: str, csv_path: Path) -> None:
+    """Raise DataError naming the first row whose ``column`` is empty or spells a missing value."""
+    empty = frame.index[frame[column].str.strip().isin(MISSING)]
+    if len(empty):
+        raise errors.DataError(
+            errors.EMPTY_LABEL.format(
+                path=csv_path, count=len(empty), column=column, row=int(empty[0]) + 2
+            )
+        )
+
+
+def relative_paths(csv_path: Path, values: pd.Series) -> list[str]:
+    """Absolute paths of a CSV's ``path`` cells, read relative to the CSV's folder ('' stays '')."""
+    return [str((csv_path.parent / v.strip()).resolve()) if v.strip() else "" for v in values]
 
 
 def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
@@ -129,22 +151,14 @@ def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, S
             )
         )
     for column in ("path", target):
-        empty = frame.index[frame[column].str.strip().isin(MISSING)]
-        if len(empty):
-            raise errors.DataError(
-                errors.EMPTY_LABEL.format(
-                    path=csv_path, count=len(empty), column=column, row=int(empty[0]) + 2
-                )
-            )
+        check_filled(frame, column, csv_path)
     root = csv_path.parent.resolve()
-    paths = []
-    for i, value in enumerate(frame["path"]):
-        full = (root / value.strip()).resolve()
-        if not full.is_relative_to(root):
+    paths = relative_paths(csv_path, frame["path"])
+    for i, (value, full) in enumerate(zip(frame["path"], paths, strict=True)):
+        if not Path(full).is_relative_to(root):
             raise errors.DataError(
                 errors.PATH_ESCAPES.format(path=csv_path, row=i + 2, value=value, root=root)
             )
-        paths.append(str(full))
     repeated = pd.Series(paths).duplicated()
     if repeated.any():
         row = int(repeated.idxmax())

@@ -117,8 +117,6 @@ def read_manifest(
     """
     if labels is not None:
         csv_path = Path(labels)
-        if not csv_path.is_file():
-            raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv_path))
         frame, skipped = layouts.read_labels_csv(csv_path, target)
         return Manifest(frame, "labels-csv", str(csv_path), skipped)
     if data is None:
