@@ -87,9 +87,10 @@ def headline_numbers(audit: dict[str, Any]) -> dict[str, float | None]:
     finest = groups[groups.attribute == groups.attribute.iloc[-1]] if len(groups) else groups
     rows = pd.DataFrame(audit["by_group"])
     fpr = rows[(rows.attribute == "overall") & (rows.metric == "fpr")]["value"]
+    worst = audit["summary"]["worst_group"]  # the audit's own choice: lowest judged accuracy
     return {
         "overall_accuracy": overall,
-        "worst_group_accuracy": float(groups["value"].min()) if len(groups) else None,
+        "worst_group_accuracy": float(worst["value"]) if worst else None,
         "variance_across_groups": float(np.var(finest["value"] * 100)) if len(finest) else None,
         "false_positive_rate": float(fpr.iloc[0]) if len(fpr) and fpr.notna().any() else None,
     }
