@@ -385,6 +385,13 @@ def outliers(
     labels: Annotated[
         Path | None, typer.Option(help="Or a CSV whose 'path' column lists the images.")
     ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder or CSV of faces like the ones you screen, to calibrate the false-flag "
+            "rate on (default: the run's validation faces)."
+        ),
+    ] = None,
     eval_labels: Annotated[
         Path | None,
         typer.Option(
@@ -415,6 +422,7 @@ def outliers(
             model=str(model),
             data=str(data) if data else None,
             labels=str(labels) if labels else None,
+            calibration=str(calibration) if calibration else None,
             eval_labels=str(eval_labels) if eval_labels else None,
             contamination=contamination,
             rare_fraction=rare_fraction,

@@ -151,7 +151,7 @@ def show_outliers(console: Console, report: OutlierReport) -> None:
     console.print(
         f"Scored {len(table)} files: {int(table['is_outlier'].sum())} flagged as outliers "
         f"(target false-flag rate {detector.contamination:.0%}, calibrated on "
-        f"{detector.n_calibration_} validation faces), {int(table['is_rare'].sum())} rare "
+        f"{report.calibrated_on}), {int(table['is_rare'].sum())} rare "
         "(low latent density), "
         f"{unreadable} unreadable",
         highlight=False,

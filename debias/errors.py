@@ -23,7 +23,7 @@ class RunError(DebiasError):
     """A run folder or a checkpoint is missing, incomplete or not safe to load."""
 
 
-NO_SUCH_DIR = "{path}: folder not found. Pass an existing folder of images with --data."
+NO_SUCH_DIR = "{path}: folder not found. Pass an existing folder of images with {option}."
 NOT_A_DIR = "{path}: not a folder. Pass a folder of images with --data, or a CSV with --labels."
 NO_SUCH_FILE = "{path}: file not found. Check the path."
 UNKNOWN_LAYOUT = (

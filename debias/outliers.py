@@ -163,26 +163,37 @@ def _leave_one_out_sided(calibration: np.ndarray, two_sided: bool) -> np.ndarray
 def _leave_one_out_log_p_values(calibration: np.ndarray) -> np.ndarray:
     """Log p-values of the calibration scores themselves, each against all the others.
 
-    Exactly what :func:`p_values` gives a new score against the other n - 1, so the calibration
-    scores and new inliers' scores are exchangeable (the top score falls on the tail, as a new
-    score above every calibration score would).
+    Each is ``(1 + #{others >= s}) / (n + 1)``: on the same grid as a new score's p-value against
+    all n (:func:`log_p_values`), as if the new score were one more calibration score. With the
+    denominator n instead, a new inlier tied with the calibration threshold's p-value would land
+    just beyond it and be flagged: at n = 645 that flagged 5.7% of inliers for a 5% target.
+    The top score falls on the tail, as a new score above every calibration score would.
     """
     n = len(calibration)
     ordered = np.sort(calibration)
     at_least = n - np.searchsorted(ordered, calibration, side="left")  # includes itself
-    log_p = np.log(at_least / n)
+    log_p = np.log(at_least / (n + 1.0))
     if n >= 2:
         top = int(np.argmax(calibration))
         others = np.delete(calibration, top)
-        log_p[top] = log_p_values(others, calibration[top : top + 1])[0]
+        log_p[top] = log_p_values(others, calibration[top : top + 1])[0] + np.log(n / (n + 1.0))
     return log_p
 
 
-def _combine(log_p: np.ndarray, how: Combine) -> np.ndarray:
-    """Return the combined statistic of log p-values ``(N, M)``; higher = more anomalous."""
+def _combine(log_p: np.ndarray, how: Combine, n_calibration: int) -> np.ndarray:
+    """Return the combined statistic of log p-values ``(N, M)``; higher = more anomalous.
+
+    The minimum of conformal p-values takes few distinct values, and a threshold on such a
+    statistic cannot flag part of a tie: with six two-sided components and 645 calibration
+    faces, 3.7% of inliers were flagged for a 5% target. Ties are broken by the mean log p-value,
+    squeezed into half the smallest gap between p-values on the conformal grid
+    (``log(1 + 1/n)``), so the ranking by the minimum is kept.
+    """
     if how == "fisher":
         return -2.0 * log_p.sum(axis=1)
-    return -log_p.min(axis=1)
+    mean = -log_p.mean(axis=1)
+    gap = 0.5 * np.log1p(1.0 / max(n_calibration, 1))
+    return -log_p.min(axis=1) + gap * mean / (1.0 + mean)
 
 
 def calibrate(
@@ -212,7 +223,7 @@ def calibrate(
     """
     sides = two_sided or [False] * len(components)
     loo = np.stack([_leave_one_out_sided(c, s) for c, s in zip(components, sides, strict=True)], 1)
-    scores = _combine(loo, combine)
+    scores = _combine(loo, combine, len(loo))
     # p = (1 + #{scores >= s}) / (n + 1) <= contamination  <=>  at most k scores are >= s.
     k = int(np.floor(contamination * (len(scores) + 1))) - 1
     ordered = np.sort(scores)[::-1]
@@ -355,7 +366,7 @@ class LatentOutlierDetector:
             ],
             axis=1,
         )
-        return _combine(log_p, self.combine)
+        return _combine(log_p, self.combine, self.n_calibration_)
 
     def predict(
         self, images: np.ndarray, on_advance: Callable[[int], None] | None = None

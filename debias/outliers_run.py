@@ -1,7 +1,8 @@
 """The ``debias outliers`` job: fit the detector from a run, score a folder in chunks, write files.
 
 The detector is fitted on the run's training faces and calibrated on its validation faces (the
-rows of ``samples.csv``), then every image under ``--data`` is scored in chunks of
+rows of ``samples.csv``) or, with ``calibration``, on faces like the ones to be screened; then
+every image under ``--data`` is scored in chunks of
 ``chunk_size`` images, so a folder of any size streams from disk. Unreadable files are rows with
 the reason, flagged, never a crash. Outputs: ``outliers.csv`` (one row per file, ranked) and
 ``outliers.json`` (threshold, target rate, calibration size, score definitions, model hash and,
@@ -64,6 +65,12 @@ class OutlierConfig:
         Folder of images to score (any depth; no labels needed) ...
     labels : str or None
         ... or a CSV whose ``path`` column lists them (relative to the CSV).
+    calibration : str or None
+        Folder (any depth) or CSV (``path`` column) of inlier faces drawn like the ones to be
+        screened, to calibrate on instead of the run's validation faces. The false-flag rate holds
+        for inputs exchangeable with the calibration faces: the validation faces are as skewed as
+        the training faces, so a population with more of the rare kinds of faces gets more of
+        them flagged (benchmarks/RESULTS.md measures both).
     eval_labels : str or None
         CSV with ``path`` and ``type`` (or ``label``): ``inlier`` (or the run's positive class)
         for inliers, any other value names an outlier type. Turns on AUROC/AUPR per type.
@@ -83,6 +90,7 @@ class OutlierConfig:
     model: str
     data: str | None = None
     labels: str | None = None
+    calibration: str | None = None
     eval_labels: str | None = None
     contamination: float = 0.05  # flag 1 in 20 inliers: a review queue, not an alarm
     rare_fraction: float = 0.05
@@ -116,19 +124,26 @@ class OutlierReport:
     table: pd.DataFrame
     detector: LatentOutlierDetector
     evaluation: dict[str, Any] | None
+    calibrated_on: str  # what the false-flag rate was calibrated on, in words
 
 
 def fit_detector(
     run_dir: str | Path, config: OutlierConfig, listener: Listener | None = None
 ) -> LatentOutlierDetector:
-    """Fit a detector on a run's training faces and calibrate it on its validation faces.
+    """Fit a detector on a run's training faces; calibrate it on its validation faces.
+
+    With ``config.calibration`` the detector is calibrated on those images instead.
 
     Raises
     ------
     RunError
         When the run has no validation faces, or its training images cannot be read any more.
+    DataError
+        When a calibration image cannot be read, or there are too few to flag
+        ``config.contamination`` of them.
     """
     listener = listener or SilentListener()
+    calibration_paths = _calibration_paths(config) if config.calibration else []
     model, run_config = runio.load_model(run_dir)
     device = select_device(config.device)
     model = model.to(device)
@@ -140,7 +155,7 @@ def fit_detector(
         samples = samples[samples["label"] == positive_name]
     train_paths = samples.loc[samples["split"] == "train", "path"].tolist()
     val_paths = samples.loc[samples["split"] == "val", "path"].tolist()
-    if not val_paths:
+    if config.calibration is None and not val_paths:
         raise errors.RunError(
             f"{run_dir}: the run has no validation faces to calibrate on. "
             "Train it with --val-fraction above 0 (the default is 0.1)."
@@ -150,9 +165,12 @@ def fit_detector(
         keep = np.sort(rng.choice(len(train_paths), MAX_TRAIN_IMAGES, replace=False))
         train_paths = [train_paths[i] for i in keep]
     size = model.cfg.image_size
-    listener.phase("decode run", len(train_paths) + len(val_paths))
+    listener.phase("decode run", len(train_paths) + (0 if config.calibration else len(val_paths)))
     train_images = _decode_run_images(train_paths, size, run_dir, listener)
-    val_images = _decode_run_images(val_paths, size, run_dir, listener)
+    if config.calibration is None:
+        val_images = _decode_run_images(val_paths, size, run_dir, listener)
+    else:
+        val_images = _calibration_images(config, calibration_paths, size, listener)
     listener.phase("calibrate", len(train_images) + len(val_images))
     detector = LatentOutlierDetector(
         model,
@@ -178,27 +196,64 @@ def _decode_run_images(
     return images
 
 
+def _calibration_paths(config: OutlierConfig) -> list[str]:
+    source = Path(config.calibration)  # type: ignore[arg-type]
+    return _listed(source) if source.suffix.lower() == ".csv" else _folder(source, "--calibration")
+
+
+def _calibration_images(
+    config: OutlierConfig, paths: list[str], size: int, listener: Listener
+) -> np.ndarray:
+    source = config.calibration
+    listener.phase("decode calibration", len(paths))
+    images, failures = decode_images(paths, size, on_advance=listener.advance)
+    if failures:
+        first = next(iter(failures))
+        raise errors.DataError(
+            f"{source}: {len(failures)} calibration image(s) cannot be read (first: "
+            f"{paths[first]}: {failures[first]}). Remove or replace them: every calibration "
+            "image must be a face like the ones you screen."
+        )
+    # p = (1 + #{calibration >= s}) / (n + 1) can only reach the target with n + 1 >= 1 / target
+    needed = int(np.ceil(1.0 / config.contamination)) - 1
+    if len(images) < needed:
+        raise errors.DataError(
+            f"{source}: {len(images)} calibration images cannot flag as few as "
+            f"{config.contamination:g} of inliers. Give at least {needed} (a few hundred or more "
+            "for a steady rate)."
+        )
+    return images
+
+
 def _inputs(config: OutlierConfig) -> list[str]:
     if config.labels is not None:
-        csv = Path(config.labels)
-        table = read_csv_table(csv)
-        if "path" not in table.columns:
-            raise errors.DataError(
-                errors.MISSING_COLUMN.format(
-                    path=csv,
-                    column="path",
-                    columns=", ".join(table.columns),
-                    fix="Add a 'path' column with image paths relative to the CSV's folder.",
-                )
+        return _listed(Path(config.labels))
+    return _folder(Path(config.data), "--data")  # type: ignore[arg-type]
+
+
+def _listed(csv: Path) -> list[str]:
+    """Image paths of a CSV's ``path`` column, relative to the CSV's folder."""
+    table = read_csv_table(csv)
+    if "path" not in table.columns:
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=csv,
+                column="path",
+                columns=", ".join(table.columns),
+                fix="Add a 'path' column with image paths relative to the CSV's folder.",
             )
-        return relative_paths(csv, table["path"])
-    root = Path(config.data)  # type: ignore[arg-type]
+        )
+    return relative_paths(csv, table["path"])
+
+
+def _folder(root: Path, option: str) -> list[str]:
+    """Every image file under ``root`` (any depth)."""
     if not root.is_dir():
-        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root))
+        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root, option=option))
     paths = image_files(root)
     if not paths:
         raise errors.DataError(
-            f"{root}: no image files found. Point --data at a folder of images (any depth)."
+            f"{root}: no image files found. Point {option} at a folder of images (any depth)."
         )
     return paths
 
@@ -256,7 +311,12 @@ def run_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> 
     csv.parent.mkdir(parents=True, exist_ok=True)
     runio.write_csv(csv, table)
     runio.write_json(csv.with_suffix(".json"), _summary(config, detector, table, evaluation))
-    return OutlierReport(csv, table, detector, evaluation)
+    return OutlierReport(csv, table, detector, evaluation, _calibrated_on(config, detector))
+
+
+def _calibrated_on(config: OutlierConfig, detector: LatentOutlierDetector) -> str:
+    source = config.calibration or "the run's validation faces"
+    return f"{detector.n_calibration_} faces ({source})"
 
 
 def evaluate(
@@ -338,6 +398,7 @@ def _summary(
         "threshold": detector.threshold_,
         "target_false_flag_rate": detector.contamination,
         "calibration_size": detector.n_calibration_,
+        "calibrated_on": _calibrated_on(config, detector),
         "calibration_false_flag_rate": float(detector.labels_.mean()),
         "components": detector.components_,
         "definitions": DEFINITIONS,

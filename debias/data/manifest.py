@@ -123,7 +123,7 @@ def read_manifest(
         raise errors.ConfigError("No data given. Pass --data FOLDER or --labels FILE.")
     root = Path(data)
     if not root.exists():
-        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root))
+        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root, option="--data"))
     if not root.is_dir():
         raise errors.DataError(errors.NOT_A_DIR.format(path=root))
     if (root / "labels.csv").is_file():
