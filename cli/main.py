@@ -20,7 +20,7 @@ from rich.console import Console
 
 from cli.progress import RichListener
 from cli.tables import show_audit, show_outliers
-from debias import TrainConfig, errors, write_synthetic
+from debias import TrainConfig, distributed, errors, write_synthetic
 from debias import train as train_run
 from debias.audit import AuditConfig
 from debias.audit_run import run_audit
@@ -39,7 +39,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Data sets: make the synthetic demo set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
+# Under torchrun only rank 0 shows progress and results; every rank still reports errors.
+console = Console(quiet=distributed.from_env().rank > 0)
 err_console = Console(stderr=True)
 
 
@@ -200,6 +201,8 @@ def train(
             config = _config_from(given)
             with RichListener(console) as listener:
                 result = train_run(config, listener=listener)
+    if not result.metrics:  # a torchrun worker: rank 0 reports the run
+        return
     last = result.metrics[-1]
     console.print(
         f"Run saved to {result.run_dir}  (train acc {last['train_acc']:.3f}"

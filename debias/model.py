@@ -93,7 +93,8 @@ class Output:
     logits: torch.Tensor  # (B, C)
     mu: torch.Tensor  # (B, K)
     logvar: torch.Tensor  # (B, K)
-    recon: torch.Tensor  # (B, 3, S, S)
+    recon: torch.Tensor  # (B', 3, S, S): the decoded images only
+    decoded: torch.Tensor | None = None  # (B,) bool: which images were decoded; None = all
 
 
 @dataclass
@@ -142,11 +143,22 @@ class DBVAE(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps  # (B, K)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Output:
-        """Encode, sample a latent, decode; ``generator`` makes the sample repeatable."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        decode: torch.Tensor | None = None,
+    ) -> Output:
+        """Encode, sample a latent, decode; ``generator`` makes the sample repeatable.
+
+        ``decode`` (bool ``(B,)``) limits the decoder to those images. The VAE loss uses only the
+        reconstructions of the images the VAE models, so decoding the others (the non-faces of
+        a detection task, most of its data) is wasted work.
+        """
         logits, mu, logvar = self.encode(x)
-        recon = self.decoder(self.reparameterize(mu, logvar, generator))
-        return Output(logits, mu, logvar, recon)
+        z = self.reparameterize(mu, logvar, generator)  # (B, K)
+        recon = self.decoder(z if decode is None else z[decode])
+        return Output(logits, mu, logvar, recon, decode)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,8 +203,13 @@ def dbvae_loss(
     Loss
     """
     ce = F.cross_entropy(out.logits.float(), y, reduction="none")  # (B,)
-    diff = out.recon.float() - x.float()
-    rec = (diff.abs() if recon == "l1" else diff.square()).mean(dim=(1, 2, 3))  # (B,)
+    target = x if out.decoded is None else x[out.decoded]
+    diff = out.recon.float() - target.float()
+    rec = (diff.abs() if recon == "l1" else diff.square()).mean(dim=(1, 2, 3))  # (B',)
+    if out.decoded is not None:  # images not decoded have no reconstruction error: 0
+        rec = torch.zeros(len(x), device=rec.device, dtype=rec.dtype).masked_scatter(
+            out.decoded, rec
+        )  # (B,)
     mu, logvar = out.mu.float(), out.logvar.float()
     kl = 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(dim=1)  # (B,)
     vae = rec + kl_weight * kl  # (B,)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 import debias
-from debias import errors
+from debias import distributed, errors
 from debias import run as runio
 from debias.augment import augment
 from debias.config import TrainConfig
@@ -36,6 +36,7 @@ from debias.resample import LatentHistogram, effective_sample_size
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 256  # inference batch for latent passes and validation
+CHANNELS_LAST = torch.channels_last
 
 
 class Listener(Protocol):
@@ -207,6 +208,10 @@ def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResu
     >>> result = train(TrainConfig(data="faces/", epochs=3))  # doctest: +SKIP
     """
     config.validate()
+    if config.out is None and distributed.from_env().distributed:
+        raise errors.ConfigError(
+            "Training under torchrun needs a run folder every process agrees on. Pass --out RUN."
+        )
     run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if (run_dir / runio.CHECKPOINT).exists():
         raise errors.RunError(
@@ -255,7 +260,10 @@ def resume(
 def _fit(
     config: TrainConfig, run_dir: Path, state: dict[str, Any] | None, listener: Listener
 ) -> TrainResult:
-    device = select_device(config.device)
+    cluster = distributed.from_env()
+    device = distributed.join(cluster, select_device(config.device))
+    if not cluster.main:  # one progress display and one writer: rank 0
+        listener = SilentListener()
     # The data are decoded first: the slowest step and the one most likely to fail on bad input.
     data = load_data(
         config.data,
@@ -265,7 +273,7 @@ def _fit(
         image_size=config.model.image_size,
         strict=config.strict,
         splits=("train", "val"),
-        cache_file=run_dir / runio.CACHE,
+        cache_file=run_dir / _cache_name(cluster),
         num_workers=config.num_workers,
         on_start=lambda n: listener.phase("decode", n),
         on_advance=listener.advance,
@@ -276,23 +284,31 @@ def _fit(
             len(data.skipped),
             run_dir / runio.SKIPPED,
         )
-    runio.write_csv(run_dir / runio.SKIPPED, pd.DataFrame(data.skipped, columns=["path", "reason"]))
+    if cluster.main:
+        skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
+        runio.write_csv(run_dir / runio.SKIPPED, skipped)
     check_groups(data.frame, config.balance_groups or [])
     train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
     class_mask, positive = vae_mask_for(config, data.classes)
 
     with torch.random.fork_rng(devices=[]):  # seeds the initial weights, not the caller's RNG
         torch.manual_seed(config.seed)
-        model = DBVAE(len(data.classes), config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+        # channels_last: the layout oneDNN and cuDNN convolutions run fastest in
+        model = DBVAE(len(data.classes), config.model).to(device, memory_format=CHANNELS_LAST)
+    # fused: one kernel for all parameters instead of a dozen small ops per tensor per step
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
+    # Each epoch draws about as many images as there are; each rank trains on its share of them.
+    share = distributed.share(len(train_idx), cluster)
+    steps_per_epoch = math.ceil(share / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch)
     )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    sampler_rng = torch.Generator().manual_seed(config.seed)  # epoch sampling and augmentation
-    noise_rng = torch.Generator(device).manual_seed(config.seed + 1)  # VAE reparameterisation
+    # The epoch's draw: the same on every rank. Augmentation and the VAE's noise get generators
+    # seeded per epoch and rank instead, so a resumed run repeats them without saving them.
+    sampler_rng = torch.Generator().manual_seed(config.seed)
     start_epoch, history = 0, []
     if state is not None:
         if state["classes"] != data.classes:
@@ -306,43 +322,34 @@ def _fit(
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         sampler_rng.set_state(state["sampler_rng"])
-        noise_rng.set_state(state["noise_rng"].to(noise_rng.get_state().device))
         start_epoch, history = state["epoch"], json.loads(state["metrics"])
         # The checkpoint carries the metrics of its epochs: a kill just before or after the
         # metrics file was updated neither loses a line nor repeats one.
-        runio.write_jsonl(run_dir / runio.METRICS, history)
+        if cluster.main:
+            runio.write_jsonl(run_dir / runio.METRICS, history)
 
-    runio.write_json(
-        run_dir / runio.CONFIG,
-        {
-            "debias_version": debias.__version__,
-            "train": config.to_dict(),
-            "data": {
-                "classes": data.classes,
-                "layout": data.layout,
-                "source": data.source,
-                "group_columns": data.group_columns,
-                "positive_class": positive,
-                "n_train": len(train_idx),
-                "n_val": len(val_idx),
-                "n_skipped": len(data.skipped),
-            },
-            "device": str(device),
-        },
-    )
-
+    if cluster.main:
+        _write_config(config, run_dir, data, train_idx, val_idx, positive, device, cluster)
+    trained = model
+    if cluster.distributed:  # gradients averaged over the ranks at every step
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.baseline,  # the baseline's loss leaves out the decoder
+        )
     y_train = torch.from_numpy(data.y[train_idx])
+    all_modelled = bool((class_mask > 0).all())  # else decode only the images the VAE models
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
+        distributed.sync_buffers(model, cluster)
         weights, resampled = _epoch_weights(
-            config, epoch, model, data, train_idx, class_mask, device
+            config, epoch, model, data, train_idx, class_mask, device, cluster
         )
         ess_fraction = effective_sample_size(weights) / len(weights)
-        order = train_idx[
-            torch.multinomial(
-                weights, len(train_idx), replacement=True, generator=sampler_rng
-            ).numpy()
-        ]
+        draw = draw_epoch(weights, train_idx, share * cluster.world, sampler_rng)
+        mine = draw[cluster.rank * share : (cluster.rank + 1) * share]
+        augment_rng = _epoch_generator(config.seed, epoch, cluster.rank, 0, torch.device("cpu"))
+        noise_rng = _epoch_generator(config.seed, epoch, cluster.rank, 1, device)
         listener.phase(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch)
         model.train()
         sums = {
@@ -353,23 +360,25 @@ def _fit(
             "correct": 0,
             "seen": 0,
         }
-        for chunk, x_u8 in batches(data.images, order, config.batch_size):
+        for chunk, x_u8 in batches(data.images, mine, config.batch_size):
             x = preprocess(x_u8.to(device, non_blocking=True))
             if config.augment:
-                x = augment(x, sampler_rng)
+                x = augment(x, augment_rng)
+            x = x.contiguous(memory_format=CHANNELS_LAST)
             y = torch.from_numpy(data.y[chunk]).to(device)
+            vae_mask = class_mask.to(device)[y]
             with torch.autocast(device.type, enabled=use_amp):
-                out = model(x, noise_rng)
+                out = trained(x, noise_rng, decode=None if all_modelled else vae_mask > 0)
             loss = dbvae_loss(
                 out,
                 x,
                 y,
-                class_mask.to(device)[y],
+                vae_mask,
                 kl_weight=config.kl_weight,
                 recon=config.recon,
                 use_vae=not config.baseline,
             )
-            if not torch.isfinite(loss.total):
+            if not distributed.all_finite(loss.total, cluster):
                 raise errors.DebiasError(
                     f"{run_dir}: the loss became {loss.total.item()} in epoch {epoch + 1}. "
                     f"The last good checkpoint is kept; lower --lr and run --resume {run_dir}."
@@ -384,6 +393,9 @@ def _fit(
                 1, loss=loss.total.item(), acc=sums["correct"] / sums["seen"], ess=ess_fraction
             )
         seconds = time.perf_counter() - t0
+        distributed.reduce_sums(sums, cluster, device)
+        if not cluster.main:
+            continue
 
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update({f"train_{k}": v / sums["seen"] for k, v in sums.items() if k != "seen"})
@@ -399,7 +411,8 @@ def _fit(
                     if (y_train == c).any()
                 },
                 "seconds": seconds,
-                "images_per_s": len(order) / seconds,
+                "images_per_s": len(draw) / seconds,
+                "processes": cluster.world,
                 "lr": scheduler.get_last_lr()[0],
             }
         )
@@ -417,16 +430,71 @@ def _fit(
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if use_amp else None,
                 "sampler_rng": sampler_rng.get_state(),
-                "noise_rng": noise_rng.get_state().cpu(),
                 "metrics": json.dumps(history),
             },
         )
         runio.write_jsonl(run_dir / runio.METRICS, history)
         listener.epoch_end(record)
 
-    _write_samples(model, data, train_idx, val_idx, config, class_mask, device, run_dir)
-    (run_dir / runio.CACHE).unlink(missing_ok=True)
+    if cluster.main:
+        _write_samples(model, data, train_idx, val_idx, config, class_mask, device, run_dir)
+    (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
+    distributed.leave(cluster)
     return TrainResult(run_dir, model.eval(), data, history)
+
+
+def _cache_name(cluster: distributed.Cluster) -> str:
+    # ranks decode on their own: one memory-mapped cache each, never one written by two
+    return runio.CACHE if not cluster.distributed else f"cache-rank{cluster.rank}.npy"
+
+
+def _epoch_generator(
+    seed: int, epoch: int, rank: int, stream: int, device: torch.device
+) -> torch.Generator:
+    """Return a generator for one (epoch, rank, stream): repeatable, different across ranks."""
+    state = np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device).manual_seed(int(state) >> 1)
+
+
+def draw_epoch(
+    weights: torch.Tensor, train_idx: np.ndarray, n: int, generator: torch.Generator
+) -> np.ndarray:
+    """Draw the epoch's weighted sample: ``n`` training rows, with replacement, by ``weights``.
+
+    Every rank draws the same (same weights, same generator state); each trains on its block.
+    """
+    return train_idx[torch.multinomial(weights, n, replacement=True, generator=generator).numpy()]
+
+
+def _write_config(
+    config: TrainConfig,
+    run_dir: Path,
+    data: FaceData,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    positive: str | None,
+    device: torch.device,
+    cluster: distributed.Cluster,
+) -> None:
+    runio.write_json(
+        run_dir / runio.CONFIG,
+        {
+            "debias_version": debias.__version__,
+            "train": config.to_dict(),
+            "data": {
+                "classes": data.classes,
+                "layout": data.layout,
+                "source": data.source,
+                "group_columns": data.group_columns,
+                "positive_class": positive,
+                "n_train": len(train_idx),
+                "n_val": len(val_idx),
+                "n_skipped": len(data.skipped),
+            },
+            "device": str(device),
+            "processes": cluster.world,
+        },
+    )
 
 
 def _epoch_weights(
@@ -437,16 +505,29 @@ def _epoch_weights(
     train_idx: np.ndarray,
     class_mask: torch.Tensor,
     device: torch.device,
+    cluster: distributed.Cluster,
 ) -> tuple[torch.Tensor, bool]:
-    """Return the epoch's sampling weights over ``train_idx`` and whether they are non-uniform."""
+    """Return the epoch's sampling weights over ``train_idx`` and whether they are non-uniform.
+
+    Each rank encodes its block of the modelled rows and the blocks are gathered, so every rank
+    fits the same histograms.
+    """
     if config.balance_groups:
         frame = data.frame.iloc[train_idx]
         return group_balanced_weights(frame, config.balance_groups, data.y[train_idx]), True
     if config.baseline or epoch < config.warmup_epochs:
         return torch.full((len(train_idx),), 1.0 / len(train_idx)), False
-    mu, _ = compute_latents(model, data.images, train_idx, device)
     y = torch.from_numpy(data.y[train_idx])
-    return latent_weights(_histogram(config).fit(mu, y), y, class_mask), True
+    modelled = class_mask[y] > 0
+    if not modelled.any():
+        return torch.full((len(train_idx),), 1.0 / len(train_idx)), False
+    # Only the images the VAE models carry a density to debias by: skip the others' pass.
+    rows = train_idx[modelled.numpy()]
+    part = rows[distributed.block(len(rows), cluster)]
+    mu = distributed.gather_blocks(
+        compute_latents(model, data.images, part, device)[0], len(rows), cluster
+    )
+    return latent_weights(_histogram(config).fit(mu, y[modelled]), y, class_mask), True
 
 
 def _accumulate(sums: dict[str, float], loss: Loss, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -472,13 +553,16 @@ def latent_weights(
     """Use the histogram's weights for classes the VAE models, uniform ones for the others.
 
     Latents of classes the VAE does not model (non-faces in detection) carry no density to
-    debias by, so those classes are sampled uniformly, keeping their share.
+    debias by, so those classes are sampled uniformly, keeping their share. ``histogram`` was
+    fitted on every row of ``y`` or only on the rows of modelled classes (in order); its
+    per-class histograms are the same either way.
     """
-    weights = histogram.weights_.clone()
-    for c in torch.unique(y).tolist():
-        if class_mask[c] == 0:
-            members = y == c
-            weights[members] = 1.0 / len(y)
+    modelled = class_mask[y] > 0
+    fitted = histogram.weights_
+    if len(fitted) == len(y):
+        fitted = fitted[modelled]
+    weights = torch.full((len(y),), 1.0 / len(y), dtype=torch.float64)
+    weights[modelled] = fitted / fitted.sum() * (int(modelled.sum()) / len(y))
     return weights.float()
 
 

@@ -113,3 +113,22 @@ def test_l2_reconstruction() -> None:
     out = model(x)
     loss = dbvae_loss(out, x, y, torch.ones(5), kl_weight=0.0, recon="l2")
     assert torch.allclose(loss.reconstruction, (out.recon - x).square().mean(dim=(1, 2, 3)))
+
+
+def test_decoding_only_the_modelled_images_gives_the_same_loss_and_gradients() -> None:
+    model, x, y = _batch(b=6)
+    mask = (y == 1).float()  # the VAE models class 1 only
+    grads = []
+    for decode in (None, mask > 0):
+        model.zero_grad()
+        out = model(x, torch.Generator().manual_seed(3), decode=decode)
+        loss = dbvae_loss(out, x, y, mask, kl_weight=0.01)
+        loss.total.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert len(out.recon) == (6 if decode is None else 2)
+        if decode is None:
+            full = loss
+    assert torch.allclose(loss.total, full.total)
+    assert torch.allclose(loss.reconstruction * mask, full.reconstruction * mask)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
