@@ -342,13 +342,15 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "synth", n_faces=200, n_non_faces=200, size=32, seed=2)
     out = tmp_path / "run"
-    # Far more epochs than can finish before the signal, even when a loaded machine delays this
-    # process by seconds (30 tiny epochs once finished first under CI load).
+    # Far more epochs than can finish before the signal, even on a loaded machine.
     args = ["train", "--data", str(tmp_path / "synth"), "--epochs", "1000", "--image-size", "32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         _debias() + args + [*TINY_ARGS, "--out", str(out)],
         env=env,
+        # A test run started in the background by a non-interactive shell inherits an ignored
+        # SIGINT, and Python then installs no handler: give the child the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
