@@ -50,11 +50,18 @@ from debias.train import compute_latents
 
 HERE = Path(__file__).parent
 # debias train configurations compared with the lab's loop: TrainConfig overrides
-DEBIAS = {"debias": {}, "debias-b64": {"batch_size": 64}}
+DEBIAS = {
+    "debias": {},
+    "debias-b64": {"batch_size": 64},
+    "debias-b128-bf16": {"batch_size": 128, "precision": "bfloat16"},
+    "debias-b256-bf16": {"batch_size": 256, "precision": "bfloat16"},
+}
 NAMES = {
     "lab": "the lab's loop (batch 32)",
     "debias": "`debias train` (defaults, batch 32)",
     "debias-b64": "`debias train --batch-size 64`",
+    "debias-b128-bf16": "`debias train --batch-size 128 --precision bfloat16`",
+    "debias-b256-bf16": "`debias train --batch-size 256 --precision bfloat16`",
 }
 LAB_BATCH, LAB_LR, LAB_KL, LAB_BINS, LAB_SMOOTHING = 32, 5e-4, 5e-4, 10, 1e-3
 
@@ -397,10 +404,12 @@ def report(results: dict[str, Any]) -> None:
                 ]
                 rate = np.mean([r["images_per_s"] for r in rows])
                 achieved = rate * flops
+                bf16 = DEBIAS.get(method, {}).get("precision") == "bfloat16"
+                peak = f"peak_{'bfloat16' if bf16 else 'float32'}"
                 lines.append(
                     f"- {name}: {rate:.0f} images/s x {flops / 1e6:.1f} MFLOP = "
-                    f"{achieved / 1e9:.1f} GFLOP/s, {achieved / f['peak_float32']:.0%} of the "
-                    "float32 peak."
+                    f"{achieved / 1e9:.1f} GFLOP/s, {achieved / f[peak]:.0%} of the "
+                    f"{peak.removeprefix('peak_')} peak."
                 )
     if "resample" in results:
         lines += [

@@ -170,6 +170,12 @@ def train(
     ] = None,
     positive_class: Annotated[str | None, typer.Option()] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (float16 mixed precision on CUDA, else float32), float32 or bfloat16."
+        ),
+    ] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help=_default(TrainConfig, "val_fraction"))
     ] = None,

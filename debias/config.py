@@ -15,6 +15,7 @@ Combine = Literal["product", "max"]
 VaeOn = Literal["auto", "all", "positive"]
 Recon = Literal["l1", "l2"]
 LrSchedule = Literal["constant", "cosine"]
+Precision = Literal["auto", "float32", "bfloat16"]
 
 
 @dataclass
@@ -86,6 +87,9 @@ class TrainConfig:
     val_fraction: float = 0.1  # stratified by class; a data set's own val partition wins
     seed: int = 0
     device: str = "auto"  # cuda, then mps, then cpu
+    # auto: float16 mixed precision on CUDA, float32 elsewhere; bfloat16 mixed precision runs
+    # convolutions on the CPU's bfloat16 units where it has them (benchmarks/RESULTS.md)
+    precision: Precision = "auto"
     num_workers: int = 0  # decoding processes (0 decodes in this process)
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,6 +137,7 @@ class TrainConfig:
             ("vae_on", VaeOn),
             ("recon", Recon),
             ("lr_schedule", LrSchedule),
+            ("precision", Precision),
         ):
             value = getattr(self, name)
             check_option(

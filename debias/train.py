@@ -304,8 +304,10 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch)
     )
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = _amp_dtype(config.precision, device)
+    use_amp = amp_dtype is not None
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     # The epoch's draw: the same on every rank. Augmentation and the VAE's noise get generators
     # seeded per epoch and rank instead, so a resumed run repeats them without saving them.
     sampler_rng = torch.Generator().manual_seed(config.seed)
@@ -367,7 +369,7 @@ def _fit(
             x = x.contiguous(memory_format=CHANNELS_LAST)
             y = torch.from_numpy(data.y[chunk]).to(device)
             vae_mask = class_mask.to(device)[y]
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = trained(x, noise_rng, decode=None if all_modelled else vae_mask > 0)
             loss = dbvae_loss(
                 out,
@@ -428,7 +430,7 @@ def _fit(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else None,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "sampler_rng": sampler_rng.get_state(),
                 "metrics": json.dumps(history),
             },
@@ -441,6 +443,15 @@ def _fit(
     (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
     distributed.leave(cluster)
     return TrainResult(run_dir, model.eval(), data, history)
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``--precision`` on ``device``; None trains in float32."""
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda":
+        return torch.float16
+    return None
 
 
 def _cache_name(cluster: distributed.Cluster) -> str:

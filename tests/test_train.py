@@ -152,6 +152,7 @@ def test_an_existing_run_is_not_overwritten(labels_dir: Path, tmp_path: Path) ->
         ("alpha", 0.0, "alpha"),
         ("combine", "sum", "combine"),
         ("device", "tpu", "device"),
+        ("precision", "float16", "precision"),
     ],
 )
 def test_invalid_options(
@@ -175,6 +176,24 @@ def test_same_seed_same_weights(labels_dir: Path, tmp_path: Path) -> None:
     sa, sb, sc = (m.model.state_dict() for m in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_bfloat16_precision_trains_and_differs_from_float32(
+    labels_dir: Path, tmp_path: Path
+) -> None:
+    runs = {
+        p: train(tiny_config(data=str(labels_dir), out=str(tmp_path / p), precision=p))
+        for p in ("float32", "bfloat16")
+    }
+    half = runs["bfloat16"].model.state_dict()
+    assert all(torch.isfinite(v).all() for v in half.values() if v.is_floating_point())
+    assert all(v.dtype != torch.bfloat16 for v in half.values())  # weights stay float32
+    full = runs["float32"].model.state_dict()
+    assert not all(torch.equal(full[k], half[k]) for k in full)  # autocast was really on
+    assert (
+        json.loads((tmp_path / "bfloat16" / "config.json").read_text())["train"]["precision"]
+        == "bfloat16"
+    )
 
 
 def test_rare_faces_get_higher_sampling_weight(tmp_path: Path) -> None:
