@@ -53,15 +53,16 @@ HERE = Path(__file__).parent
 DEBIAS = {
     "debias": {},
     "debias-b64": {"batch_size": 64},
-    "debias-b128-bf16": {"batch_size": 128, "precision": "bfloat16"},
     "debias-b256-bf16": {"batch_size": 256, "precision": "bfloat16"},
+    # the step grows with the batch, as the lr must: 4x lr at 8x batch held utk-gender quality
+    "debias-b256-bf16-lr": {"batch_size": 256, "precision": "bfloat16", "lr": 2e-3},
 }
 NAMES = {
     "lab": "the lab's loop (batch 32)",
     "debias": "`debias train` (defaults, batch 32)",
     "debias-b64": "`debias train --batch-size 64`",
-    "debias-b128-bf16": "`debias train --batch-size 128 --precision bfloat16`",
     "debias-b256-bf16": "`debias train --batch-size 256 --precision bfloat16`",
+    "debias-b256-bf16-lr": "`debias train --batch-size 256 --precision bfloat16 --lr 0.002`",
 }
 LAB_BATCH, LAB_LR, LAB_KL, LAB_BINS, LAB_SMOOTHING = 32, 5e-4, 5e-4, 10, 1e-3
 
