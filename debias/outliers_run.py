@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -183,17 +184,29 @@ def fit_detector(
     return detector.fit(train_images, val_images, on_advance=listener.advance)
 
 
-def _decode_run_images(
-    paths: list[str], size: int, run_dir: str | Path, listener: Listener
+def _decode_every(
+    paths: list[str], size: int, listener: Listener, fail: Callable[[int, str], Exception]
 ) -> np.ndarray:
+    """Decode every image, or raise ``fail(count, "path: reason" of the first unreadable)``."""
     images, failures = decode_images(paths, size, on_advance=listener.advance)
     if failures:
         first = next(iter(failures))
-        raise errors.RunError(
-            f"{run_dir}: {len(failures)} of the run's own images cannot be read any more (first: "
-            f"{paths[first]}: {failures[first]}). Put the training data back where it was."
-        )
+        raise fail(len(failures), f"{paths[first]}: {failures[first]}")
     return images
+
+
+def _decode_run_images(
+    paths: list[str], size: int, run_dir: str | Path, listener: Listener
+) -> np.ndarray:
+    return _decode_every(
+        paths,
+        size,
+        listener,
+        lambda count, first: errors.RunError(
+            f"{run_dir}: {count} of the run's own images cannot be read any more (first: "
+            f"{first}). Put the training data back where it was."
+        ),
+    )
 
 
 def _calibration_paths(config: OutlierConfig) -> list[str]:
@@ -206,14 +219,15 @@ def _calibration_images(
 ) -> np.ndarray:
     source = config.calibration
     listener.phase("decode calibration", len(paths))
-    images, failures = decode_images(paths, size, on_advance=listener.advance)
-    if failures:
-        first = next(iter(failures))
-        raise errors.DataError(
-            f"{source}: {len(failures)} calibration image(s) cannot be read (first: "
-            f"{paths[first]}: {failures[first]}). Remove or replace them: every calibration "
-            "image must be a face like the ones you screen."
-        )
+    images = _decode_every(
+        paths,
+        size,
+        listener,
+        lambda count, first: errors.DataError(
+            f"{source}: {count} calibration image(s) cannot be read (first: {first}). Remove "
+            "or replace them: every calibration image must be a face like the ones you screen."
+        ),
+    )
     # p = (1 + #{calibration >= s}) / (n + 1) can only reach the target with n + 1 >= 1 / target
     needed = int(np.ceil(1.0 / config.contamination)) - 1
     if len(images) < needed:
