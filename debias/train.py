@@ -341,6 +341,7 @@ def _fit(
         )
     y_train = torch.from_numpy(data.y[train_idx])
     all_modelled = bool((class_mask > 0).all())  # else decode only the images the VAE models
+    class_mask_on_device = class_mask.to(device)  # once, not a host-to-device copy per step
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         distributed.sync_buffers(model, cluster)
@@ -368,7 +369,7 @@ def _fit(
                 x = augment(x, augment_rng)
             x = x.contiguous(memory_format=CHANNELS_LAST)
             y = torch.from_numpy(data.y[chunk]).to(device)
-            vae_mask = class_mask.to(device)[y]
+            vae_mask = class_mask_on_device[y]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = trained(x, noise_rng, decode=None if all_modelled else vae_mask > 0)
             loss = dbvae_loss(
