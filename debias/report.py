@@ -188,7 +188,8 @@ def build_report(config: ReportConfig) -> Path:
         csv = Path(config.outliers)
         if not csv.is_file():
             raise errors.RunError(errors.NO_SUCH_FILE.format(path=csv))
-        table = pd.read_csv(csv)
+        # Read as text: with no unreadable rows the column is all empty and would parse as float.
+        table = pd.read_csv(csv, dtype={"reason": str})
         table["reason"] = table["reason"].fillna("")
         summary = json.loads(csv.with_suffix(".json").read_text())
         facts["outliers"] = {k: v for k, v in summary.items() if k != "config"}
