@@ -12,6 +12,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 
 class RichListener:
@@ -24,8 +25,14 @@ class RichListener:
             BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"),
+            # The statistics take what width is left and are cut with an ellipsis, so on an
+            # 80-column terminal the bar, the count and the ETA stay whole.
+            TextColumn(
+                "{task.fields[stats]}",
+                table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"),
+            ),
             console=console,
+            expand=True,
         )
         self.task: Any = None
 

@@ -123,11 +123,15 @@ def slice_table(
 def _composition(table: pd.DataFrame, members: np.ndarray, groups: list[str]) -> str:
     """Per known column (the true label, then groups): the value most over-represented in the slice.
 
-    Shares are of all rows, missing values included, so they read as "x% of this slice".
+    Shares are of all rows, missing values included, so they read as "x% of this slice". A group
+    column identical to the label is left out: it would repeat the label's line.
     """
     parts = []
+    label = table["y_true"].astype(str)
     for column in ["y_true", *groups]:
         values = table[column].astype(str)
+        if column != "y_true" and values.equals(label):
+            continue  # the group is the label itself (e.g. gender for a gender classifier)
         overall = values.value_counts(normalize=True)
         inside = values.iloc[members].value_counts(normalize=True)
         inside = inside[inside.index != ""]

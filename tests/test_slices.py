@@ -9,7 +9,7 @@ import pandas as pd
 
 from debias.audit import AuditConfig
 from debias.audit_run import run_audit
-from debias.slices import density_deciles, find_slices
+from debias.slices import _composition, density_deciles, find_slices
 
 
 def test_planted_subgroup_is_the_top_slice(synth_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -58,3 +58,15 @@ def test_fewer_slices_when_the_data_cannot_fill_them() -> None:
     two = np.concatenate([embedding, embedding + 20])
     labels = find_slices(two, 8, min_size=40, seed=0)
     assert len(set(labels)) == 2 and len(set(labels[:50])) == 1
+
+
+def test_composition_leaves_out_a_group_that_is_the_label() -> None:
+    table = pd.DataFrame(
+        {
+            "y_true": ["male"] * 6 + ["female"] * 4,
+            "gender": ["male"] * 6 + ["female"] * 4,
+            "race": ["Black"] * 3 + ["White"] * 7,
+        }
+    )
+    text = _composition(table, np.arange(3), ["gender", "race"])
+    assert text == "label=male 100% (60% overall); race=Black 100% (30% overall)"
