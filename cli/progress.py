@@ -22,7 +22,7 @@ class RichListener:
         self.console = console
         self.progress = Progress(
             TextColumn("[bold]{task.description:>11}"),
-            BarColumn(bar_width=20),
+            BarColumn(bar_width=12),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
             # The statistics take what width is left and are cut with an ellipsis, so on an
@@ -49,7 +49,7 @@ class RichListener:
 
     def advance(self, n: int = 1, **fields: float) -> None:
         """Advance the current bar and show the running statistics."""
-        stats = "  ".join(f"{k} {v:.3f}" for k, v in fields.items())
+        stats = " ".join(f"{k} {v:.3f}" for k, v in fields.items())
         self.progress.update(self.task, advance=n, stats=stats)
 
     def epoch_end(self, metrics: dict[str, Any]) -> None:
@@ -58,9 +58,9 @@ class RichListener:
         self.progress.update(
             self.task,
             stats=(
-                f"loss {metrics['train_loss']:.3f}  acc {metrics['train_acc']:.3f}  val {val:.3f}  "
+                f"loss {metrics['train_loss']:.3f} acc {metrics['train_acc']:.3f} val {val:.3f} "
                 if val is not None
                 else ""
             )
-            + f"ess {metrics['ess_fraction']:.0%}  {metrics['images_per_s']:.0f} img/s",
+            + f"ess {metrics['ess_fraction']:.0%} {metrics['images_per_s']:.0f} img/s",
         )
