@@ -29,7 +29,8 @@ NO_SUCH_FILE = "{path}: file not found. Check the path."
 UNKNOWN_LAYOUT = (
     "{path}: no known data layout found. Accepted layouts: class folders (DIR/<class>/*.jpg), "
     "a labels CSV (DIR/labels.csv or --labels FILE with columns path,label), UTKFace file names "
-    "(age_gender_race_*.jpg), CelebA (img_align_celeba/ + list_attr_celeba.txt)."
+    "(age_gender_race_*.jpg), CelebA (img_align_celeba/ + list_attr_celeba.txt or .csv; flat, in "
+    "Img/ + Anno/, or Kaggle's layout)."
 )
 NO_IMAGES = "{path}: no readable images found ({skipped} unreadable). Add images ({exts}) to it."
 ONE_CLASS = (
@@ -60,7 +61,8 @@ UNREADABLE_STRICT = (
     "(they are listed in skipped.csv), or fix or remove them."
 )
 BAD_CELEBA = (
-    "{path}: not a CelebA attribute file ({reason}). It should be CelebA's list_attr_celeba.txt."
+    "{path}: not a CelebA {what} file ({reason}). Use the file as CelebA ships it (.txt, or "
+    "Kaggle's .csv)."
 )
 UNKNOWN_GROUP = (
     "--groups {group!r} is not a column of the data (columns: {columns}). Choose from those."

@@ -255,3 +255,47 @@ def test_awkward_files_are_decoded_or_reported(class_folders: Path, tmp_path: Pa
     names = {Path(p).name for p in data.frame["path"]}
     assert {"animated.gif", "tiny.png", long_name, odd} <= names
     assert len(data) == 40 + 4
+
+
+def _official_layout(root: Path) -> None:
+    """Rearrange the flat fixture as CelebA's own download: Anno/, Eval/, Img/."""
+    for folder in ("Anno", "Eval", "Img"):
+        (root / folder).mkdir()
+    (root / "list_attr_celeba.txt").rename(root / "Anno" / "list_attr_celeba.txt")
+    (root / "list_eval_partition.txt").rename(root / "Eval" / "list_eval_partition.txt")
+    (root / "img_align_celeba").rename(root / "Img" / "img_align_celeba")
+
+
+def _kaggle_layout(root: Path) -> None:
+    """Rearrange the flat fixture as Kaggle's copy: CSV lists, images one folder deeper."""
+    lines = (root / "list_attr_celeba.txt").read_text().splitlines()
+    rows = [line.split() for line in lines[2:]]
+    attrs = pd.DataFrame(rows, columns=["image_id", *lines[1].split()])
+    attrs.to_csv(root / "list_attr_celeba.csv", index=False)
+    parts = [line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines()]
+    pd.DataFrame(parts, columns=["image_id", "partition"]).to_csv(
+        root / "list_eval_partition.csv", index=False
+    )
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        (root / name).unlink()
+    (root / "inner").mkdir()
+    (root / "img_align_celeba").rename(root / "inner" / "img_align_celeba")
+    (root / "inner").rename(root / "img_align_celeba")
+
+
+@pytest.mark.parametrize("rearrange", [_official_layout, _kaggle_layout])
+def test_celeba_as_downloaded_and_from_kaggle(celeba_dir: Path, rearrange) -> None:
+    flat = load_data(celeba_dir, target="Male", image_size=16, splits=("train", "val"))
+    rearrange(celeba_dir)
+    data = load_data(celeba_dir, target="Male", image_size=16, splits=("train", "val"))
+    assert data.layout == "celeba"
+    columns = ["label", "split", "Smiling", "Young"]
+    pd.testing.assert_frame_equal(data.frame[columns], flat.frame[columns])
+    assert all(Path(p).is_file() for p in data.frame["path"])
+    np.testing.assert_array_equal(data.images, flat.images)
+
+
+def test_celeba_with_a_broken_partition_file_names_it(celeba_dir: Path) -> None:
+    (celeba_dir / "list_eval_partition.txt").write_text("000001.jpg 0 extra\n000002.jpg 1\n")
+    with pytest.raises(DataError, match=r"list_eval_partition.txt: not a CelebA partition file"):
+        load_data(celeba_dir, target="Male", image_size=16)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -33,9 +34,15 @@ AGE_BUCKETS = (
     (60, 200, "60+"),
 )
 
-CELEBA_ATTRS = "list_attr_celeba.txt"
-CELEBA_IMAGES = "img_align_celeba"
-CELEBA_PARTITION = "list_eval_partition.txt"
+# Where CelebA's three parts sit, in the layouts it ships in: flat (torchvision's download), the
+# official download (Anno/, Eval/, Img/) and Kaggle's (CSV files, images one folder deeper).
+CELEBA_ATTRS = ("list_attr_celeba.txt", "Anno/list_attr_celeba.txt", "list_attr_celeba.csv")
+CELEBA_IMAGES = ("img_align_celeba", "Img/img_align_celeba")
+CELEBA_PARTITION = (
+    "list_eval_partition.txt",
+    "Eval/list_eval_partition.txt",
+    "list_eval_partition.csv",
+)
 CELEBA_SPLITS = {"0": "train", "1": "val", "2": "test"}
 CELEBA_DEFAULT_GROUPS = ("Male", "Young", "Pale_Skin")
 
@@ -209,42 +216,79 @@ def read_utkface(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]
     return frame, skipped
 
 
-def is_celeba(root: Path) -> bool:
-    """Whether ``root`` has CelebA's attribute file and image folder."""
-    return (root / CELEBA_ATTRS).is_file() and (root / CELEBA_IMAGES).is_dir()
+class CelebaFiles(NamedTuple):
+    """The parts of a CelebA folder: attribute file, image folder and (optional) partition file."""
+
+    attributes: Path
+    images: Path
+    partition: Path | None
 
 
-def read_celeba(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
-    """Read CelebA: ``img_align_celeba/``, ``list_attr_celeba.txt``, ``list_eval_partition.txt``."""
-    attr_file = root / CELEBA_ATTRS
+def find_celeba(root: Path) -> CelebaFiles | None:
+    """CelebA's files under ``root`` in any of the layouts it ships in, or None if it is not one."""
+    attributes = next((root / p for p in CELEBA_ATTRS if (root / p).is_file()), None)
+    images = next((root / p for p in CELEBA_IMAGES if (root / p).is_dir()), None)
+    if attributes is None or images is None:
+        return None
+    if (images / images.name).is_dir():  # Kaggle's img_align_celeba/img_align_celeba/
+        images = images / images.name
+    partition = next((root / p for p in CELEBA_PARTITION if (root / p).is_file()), None)
+    return CelebaFiles(attributes, images, partition)
+
+
+def _celeba_table(path: Path, what: str) -> pd.DataFrame:
+    """Read a CelebA list as strings, first column ``file``: Kaggle's CSV or the original text.
+
+    The text files are whitespace-separated; the attribute file starts with the image count and
+    a line of attribute names (one fewer than the columns below it).
+    """
     try:
-        with open(attr_file, encoding="utf-8") as fh:
-            fh.readline()  # the first line is the image count
+        if path.suffix == ".csv":
+            table = pd.read_csv(path, dtype=str, encoding="utf-8")
+            return table.rename(columns={table.columns[0]: "file"})
+        with open(path, encoding="utf-8") as fh:
+            if what == "partition":
+                return pd.read_csv(fh, sep=r"\s+", header=None, dtype=str)
+            fh.readline()  # the image count
             names = fh.readline().split()
             table = pd.read_csv(fh, sep=r"\s+", header=None, dtype=str)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise errors.DataError(errors.BAD_CELEBA.format(path=attr_file, reason=exc)) from None
+        raise errors.DataError(errors.BAD_CELEBA.format(path=path, what=what, reason=exc)) from None
     if not names or table.shape[1] != len(names) + 1:
         raise errors.DataError(
             errors.BAD_CELEBA.format(
-                path=attr_file,
+                path=path,
+                what=what,
                 reason=f"{len(names)} attribute names but {table.shape[1] - 1} values a row",
             )
         )
+    table.columns = ["file", *names]
+    return table
+
+
+def read_celeba(files: CelebaFiles, target: str | None) -> tuple[pd.DataFrame, Skipped]:
+    """Read CelebA: the attribute file, the aligned images and, if there, the partition file."""
+    table = _celeba_table(files.attributes, "attribute")
+    names = [c for c in table.columns if c != "file"]
     if target is None or target not in names:
         raise errors.DataError(
-            errors.BAD_TARGET.format(path=attr_file, target=target, choices=", ".join(names))
+            errors.BAD_TARGET.format(path=files.attributes, target=target, choices=", ".join(names))
         )
-    table.columns = ["file", *names]
-    frame = pd.DataFrame({"path": [str(root / CELEBA_IMAGES / f) for f in table["file"]]})
+    frame = pd.DataFrame({"path": [str(files.images / f) for f in table["file"]]})
     frame["label"] = table[target].map({"1": "yes", "-1": "no"}).fillna("")
     for name in names:
         if name != target:
             frame[name] = table[name].map({"1": "yes", "-1": "no"}).fillna("")
-    partition = root / CELEBA_PARTITION
-    if partition.is_file():
-        split = pd.read_csv(partition, sep=r"\s+", header=None, dtype=str, names=["file", "split"])
-        split_of = dict(zip(split["file"], split["split"], strict=True))
-        frame["split"] = table["file"].map(split_of).map(CELEBA_SPLITS)
-        frame["split"] = frame["split"].fillna("train")
+    if files.partition is not None:
+        split = _celeba_table(files.partition, "partition")
+        if split.shape[1] != 2:
+            raise errors.DataError(
+                errors.BAD_CELEBA.format(
+                    path=files.partition,
+                    what="partition",
+                    reason=f"{split.shape[1]} columns, expected 2 (file, partition)",
+                )
+            )
+        split_of = dict(zip(split.iloc[:, 0], split.iloc[:, 1], strict=True))
+        frame["split"] = table["file"].map(split_of).map(CELEBA_SPLITS).fillna("train")
     return frame, []

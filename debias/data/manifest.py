@@ -129,8 +129,9 @@ def read_manifest(
     if (root / "labels.csv").is_file():
         frame, skipped = layouts.read_labels_csv(root / "labels.csv", target)
         return Manifest(frame, "labels-csv", str(root / "labels.csv"), skipped)
-    if layouts.is_celeba(root):
-        frame, skipped = layouts.read_celeba(root, target)
+    celeba = layouts.find_celeba(root)
+    if celeba is not None:
+        frame, skipped = layouts.read_celeba(celeba, target)
         return Manifest(frame, "celeba", str(root), skipped)
     if layouts.looks_like_utkface(root):
         frame, skipped = layouts.read_utkface(root, target)
