@@ -131,6 +131,28 @@ def test_utkface_targets(utkface_dir: Path) -> None:
         load_data(utkface_dir, target="smile")
 
 
+def test_utkface_in_part_folders_is_read_by_name(utkface_dir: Path) -> None:
+    # The in-the-wild set ships as part1/ part2/ part3/: those folders are not classes.
+    files = sorted(utkface_dir.iterdir())
+    for i, f in enumerate(files):
+        part = utkface_dir / f"part{i % 3 + 1}"
+        part.mkdir(exist_ok=True)
+        f.rename(part / f.name)
+    data = load_data(utkface_dir, image_size=16)
+    assert data.layout == "utkface" and data.classes == ["female", "male"] and len(data) == 24
+
+
+def test_utkface_sorted_into_class_folders(utkface_dir: Path) -> None:
+    for f in sorted(utkface_dir.iterdir()):
+        folder = utkface_dir / ("smiling" if int(f.name.split("_")[0]) % 2 else "neutral")
+        folder.mkdir(exist_ok=True)
+        f.rename(folder / f.name)
+    # The folders are the user's labels, unless a label only the names carry is asked for.
+    assert load_data(utkface_dir, image_size=16).classes == ["neutral", "smiling"]
+    data = load_data(utkface_dir, target="race", image_size=16)
+    assert data.layout == "utkface" and len(data.classes) == 5
+
+
 def test_celeba_layout_and_partition(celeba_dir: Path) -> None:
     data = load_data(celeba_dir, target="Male", image_size=16, splits=("train", "val"))
     assert data.layout == "celeba"

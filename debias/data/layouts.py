@@ -26,6 +26,7 @@ UTK_GENDERS = ("male", "female")  # UTKFace: 0 = male, 1 = female
 UTK_RACES = ("White", "Black", "Asian", "Indian", "Others")
 UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_\d+")
 UTK_LIKE = re.compile(r"^\d+_\d+_")
+UTK_PARTS = re.compile(r"^(crop_)?part\d+$")  # the in-the-wild set's folders
 AGE_BUCKETS = (
     (0, 17, "0-17"),
     (18, 29, "18-29"),
@@ -188,10 +189,22 @@ def _age_bucket(age: int) -> str:
     return next(name for low, high, name in AGE_BUCKETS if low <= age <= high)
 
 
-def looks_like_utkface(root: Path) -> bool:
-    """Whether most image files directly under ``root`` have UTKFace-style names."""
+def looks_like_utkface(root: Path, target: str | None = None) -> bool:
+    """Whether ``root`` holds UTKFace-named images rather than class folders.
+
+    Most image files directly under ``root`` must have UTKFace-style names; with none there,
+    nearly all in its sub-folders must, and either the folders are UTKFace's own parts
+    (``part1/``, ``crop_part1/``, as the in-the-wild set ships) or ``target`` is a label only the
+    names carry (``gender``, ``race``, ``age-bucket``). Other sub-folders are classes.
+    """
     names = [p.name for p in root.iterdir() if is_image_name(p.name)]
-    return bool(names) and sum(bool(UTK_LIKE.match(n)) for n in names) >= 0.5 * len(names)
+    if names:
+        return sum(bool(UTK_LIKE.match(n)) for n in names) >= 0.5 * len(names)
+    folders = class_folders(root)
+    if not folders or not (all(UTK_PARTS.match(d.name) for d in folders) or target in UTK_TARGETS):
+        return False
+    nested = [f.name for d in folders for f in _visible_files(d) if is_image_name(f.name)]
+    return sum(bool(UTK_LIKE.match(n)) for n in nested) >= 0.9 * len(nested)
 
 
 def read_utkface(root: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:

@@ -133,7 +133,7 @@ def read_manifest(
     if celeba is not None:
         frame, skipped = layouts.read_celeba(celeba, target)
         return Manifest(frame, "celeba", str(root), skipped)
-    if layouts.looks_like_utkface(root):
+    if layouts.looks_like_utkface(root, target):
         frame, skipped = layouts.read_utkface(root, target)
         return Manifest(frame, "utkface", str(root), skipped)
     if layouts.class_folders(root):
