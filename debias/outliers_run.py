@@ -28,7 +28,7 @@ from debias import errors
 from debias import run as runio
 from debias.config import check_option
 from debias.data import decode_images
-from debias.data.layouts import image_files, read_csv_table, relative_paths
+from debias.data.layouts import image_files, read_csv_table, relative_paths, with_path_column
 from debias.device import select_device
 from debias.outliers import LatentOutlierDetector
 from debias.train import Listener, SilentListener
@@ -247,16 +247,7 @@ def _inputs(config: OutlierConfig) -> list[str]:
 
 def _listed(csv: Path) -> list[str]:
     """Image paths of a CSV's ``path`` column, relative to the CSV's folder."""
-    table = read_csv_table(csv)
-    if "path" not in table.columns:
-        raise errors.DataError(
-            errors.MISSING_COLUMN.format(
-                path=csv,
-                column="path",
-                columns=", ".join(table.columns),
-                fix="Add a 'path' column with image paths relative to the CSV's folder.",
-            )
-        )
+    table = with_path_column(read_csv_table(csv), csv)
     return relative_paths(csv, table["path"])
 
 
@@ -348,15 +339,15 @@ def evaluate(
     Unreadable files count as flagged and are left out of the AUROC.
     """
     csv = Path(eval_labels)
-    labels = read_csv_table(csv)
+    labels = with_path_column(read_csv_table(csv), csv)
     column = "type" if "type" in labels.columns else "label" if "label" in labels.columns else None
-    if "path" not in labels.columns or column is None:
+    if column is None:
         raise errors.DataError(
             errors.MISSING_COLUMN.format(
                 path=csv,
-                column="path' or 'type",
+                column="type",
                 columns=", ".join(labels.columns),
-                fix="Give path and type (inlier, or the outlier type) for each image.",
+                fix="Give the type (inlier, or the outlier type) of each image in a 'type' column.",
             )
         )
     kinds = dict(zip(relative_paths(csv, labels["path"]), labels[column], strict=True))

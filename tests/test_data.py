@@ -67,6 +67,15 @@ def test_labels_csv_anywhere_with_target(labels_dir: Path, tmp_path: Path) -> No
     assert "label_column" in data.frame.columns  # the old label is kept as an attribute
 
 
+def test_labels_csv_with_fairface_column_names(labels_dir: Path) -> None:
+    # FairFace's fairface_label_train.csv: file,age,gender,race,service_test
+    frame = pd.read_csv(labels_dir / "labels.csv").rename(columns={"path": "file"})
+    frame.to_csv(labels_dir / "fairface_label_train.csv", index=False)
+    data = load_data(labels=labels_dir / "fairface_label_train.csv", target="skin", image_size=16)
+    assert data.classes == ["dark", "light"] and len(data) == 48
+    assert all(Path(p).is_file() for p in data.frame["path"])
+
+
 def test_labels_csv_semicolons_bom_crlf(labels_dir: Path) -> None:
     text = (labels_dir / "labels.csv").read_text().replace(",", ";").replace("\n", "\r\n")
     (labels_dir / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
@@ -83,7 +92,7 @@ def test_labels_csv_path_escaping_the_folder(labels_dir: Path) -> None:
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("file,label\nimg/1.png,a\n", r"column 'path' not found .* Add a 'path' column"),
+        ("picture,label\nimg/1.png,a\n", r"column 'path' not found .* Add a 'path' column"),
         ("path,cls\nimg/1.png,a\n", r"column 'label' not found .*--target"),
         ("path,label\nimg/1.png,\nimg/2.png,b\n", r"empty 'label'"),
         (

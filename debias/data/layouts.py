@@ -46,6 +46,8 @@ CELEBA_PARTITION = (
 )
 CELEBA_SPLITS = {"0": "train", "1": "val", "2": "test"}
 CELEBA_DEFAULT_GROUPS = ("Male", "Young", "Pale_Skin")
+# The image column of a CSV: ours, then the names other data sets give it (FairFace's "file").
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "img_path")
 
 
 def _visible_files(root: Path) -> list[Path]:
@@ -135,20 +137,32 @@ def relative_paths(csv_path: Path, values: pd.Series) -> list[str]:
     return [str((csv_path.parent / v.strip()).resolve()) if v.strip() else "" for v in values]
 
 
-def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
-    """Read a labels CSV: ``path`` (relative to the CSV's folder), a label, attributes."""
-    frame = read_csv_table(csv_path)
-    columns = ", ".join(frame.columns)
-    target = target or "label"
-    if "path" not in frame.columns:
+def with_path_column(frame: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    """Return ``frame`` with its image column named ``path``: ours, or a name other tools use.
+
+    Raises
+    ------
+    DataError
+        When the CSV has none of the names in PATH_COLUMNS.
+    """
+    found = next((c for c in PATH_COLUMNS if c in frame.columns), None)
+    if found is None:
         raise errors.DataError(
             errors.MISSING_COLUMN.format(
                 path=csv_path,
                 column="path",
-                columns=columns,
+                columns=", ".join(frame.columns),
                 fix="Add a 'path' column with image paths relative to the CSV's folder.",
             )
         )
+    return frame.rename(columns={found: "path"})
+
+
+def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, Skipped]:
+    """Read a labels CSV: ``path`` (relative to the CSV's folder), a label, attributes."""
+    frame = with_path_column(read_csv_table(csv_path), csv_path)
+    columns = ", ".join(frame.columns)
+    target = target or "label"
     if target not in frame.columns:
         raise errors.DataError(
             errors.MISSING_COLUMN.format(
