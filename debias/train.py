@@ -148,14 +148,21 @@ def group_balanced_weights(frame: pd.DataFrame, columns: list[str], y: np.ndarra
 
 
 def split_indices(data: FaceData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices: the data set's own partition, else stratified by class."""
+    """Train and validation indices: the data set's own partition, else stratified by class.
+
+    A partition without validation rows (train/ and test/ folders only) gets its validation
+    split drawn from its training rows, as data without a partition does.
+    """
+    pool = np.arange(len(data.y))
     if "split" in data.frame.columns:
         split = data.frame["split"].to_numpy()
-        return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+        pool = np.flatnonzero(split == "train")
+        if (split == "val").any():
+            return pool, np.flatnonzero(split == "val")
     rng = np.random.default_rng(seed)
     train, val = [], []
     for c in range(len(data.classes)):
-        members = rng.permutation(np.flatnonzero(data.y == c))
+        members = rng.permutation(pool[data.y[pool] == c])
         n_val = int(round(val_fraction * len(members)))
         if val_fraction > 0 and len(members) > 1:
             n_val = max(n_val, 1)

@@ -69,6 +69,18 @@ def class_folders(tmp_path: Path, rng: np.random.Generator) -> Path:
 
 
 @pytest.fixture
+def split_class_folders(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """faces/train/<class>/ (16 each) and faces/test/<class>/ (4 each): no validation folder."""
+    root = tmp_path / "faces"
+    for split, n in (("train", 16), ("test", 4)):
+        for kind, name in ((0, "face"), (1, "not_face")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                draw(kind, rng).save(root / split / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
 def labels_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
     """data/labels.csv with path,label,skin,age over images in data/img/; skin 'dark' is rare."""
     root = tmp_path / "data"

@@ -24,6 +24,16 @@ def test_class_folders(class_folders: Path) -> None:
     assert data.skipped == []
 
 
+def test_class_folders_split_into_partitions(split_class_folders: Path) -> None:
+    data = load_data(split_class_folders, image_size=16)
+    assert data.layout == "class-folders" and data.classes == ["face", "not_face"]
+    assert data.frame["split"].value_counts().to_dict() == {"train": 32, "test": 8}
+    assert all(f"/{s}/" in p for s, p in zip(data.frame["split"], data.frame["path"], strict=True))
+    (split_class_folders / "Validation" / "face").mkdir(parents=True)
+    draw(0, np.random.default_rng(3)).save(split_class_folders / "Validation" / "face" / "v.png")
+    assert (load_data(split_class_folders, image_size=16).frame["split"] == "val").sum() == 1
+
+
 def test_class_folders_report_unreadable_files(class_folders: Path) -> None:
     bad = add_bad_files(class_folders / "face")
     data = load_data(class_folders, image_size=16)

@@ -115,6 +115,20 @@ def test_unreadable_files_are_listed_and_skipped(class_folders: Path, tmp_path: 
     assert len(pd.read_csv(out / "samples.csv")) == 40
 
 
+def test_partition_without_validation_folder(split_class_folders: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(data=str(split_class_folders), out=str(out), epochs=1))
+    samples = pd.read_csv(out / "samples.csv")
+    # test/ is held out; the validation split is drawn from train/, stratified (20% of 16 a class).
+    assert len(samples) == 32 and not samples["path"].str.contains("/test/").any()
+    assert samples.groupby("split")["label"].value_counts().to_dict() == {
+        ("train", "face"): 13,
+        ("train", "not_face"): 13,
+        ("val", "face"): 3,
+        ("val", "not_face"): 3,
+    }
+
+
 def test_vae_models_faces_only_for_detection(class_folders: Path, tmp_path: Path) -> None:
     train(tiny_config(data=str(class_folders), out=str(tmp_path / "r"), epochs=1))
     config = json.loads((tmp_path / "r" / "config.json").read_text())

@@ -46,6 +46,16 @@ CELEBA_PARTITION = (
 )
 CELEBA_SPLITS = {"0": "train", "1": "val", "2": "test"}
 CELEBA_DEFAULT_GROUPS = ("Male", "Young", "Pale_Skin")
+# Folder names of a partition split into class folders (faces/train/<class>/...), by split.
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 # The image column of a CSV: ours, then the names other data sets give it (FairFace's "file").
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "img_path")
 
@@ -83,8 +93,35 @@ def class_folders(root: Path) -> list[Path]:
     ]
 
 
+def split_folders(root: Path) -> list[tuple[str, Path]]:
+    """``root``'s partition folders with their splits, when it is split that way, else [].
+
+    Every sub-folder holding images must be named for a split (train/, val/, test/ ...) and hold
+    class folders itself, and one must be a train folder: ``faces/train/<class>/``.
+    """
+    folders = class_folders(root)
+    if not folders or any(d.name.lower() not in SPLIT_FOLDERS for d in folders):
+        return []
+    named = [(SPLIT_FOLDERS[d.name.lower()], d) for d in folders]
+    if "train" not in {split for split, _ in named} or not all(class_folders(d) for d in folders):
+        return []
+    return named
+
+
 def read_class_folders(root: Path) -> tuple[pd.DataFrame, Skipped]:
-    """Read torchvision's ImageFolder layout: ``root/<class>/**/<image>``."""
+    """Read torchvision's ImageFolder layout: ``root/<class>/**/<image>``.
+
+    A root split into partitions first (``root/train/<class>/``, ``root/val/<class>/``) is read
+    part by part, with a ``split`` column; the data set's own partition is then used.
+    """
+    parts = split_folders(root)
+    if parts:
+        frames, skipped = [], []
+        for split, folder in parts:
+            frame, bad = read_class_folders(folder)
+            frames.append(frame.assign(split=split))
+            skipped += bad
+        return pd.concat(frames, ignore_index=True), skipped
     rows, skipped = [], []
     for folder in class_folders(root):
         for f in _visible_files(folder):
