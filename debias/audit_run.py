@@ -142,6 +142,12 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
             notes.append(
                 f"{len(data.skipped)} unreadable file(s) skipped; listed in {out / 'skipped.csv'}"
             )
+        if not config.split and "split" in data.frame.columns:
+            parts = ", ".join(sorted(set(data.frame["split"])))
+            notes.append(
+                f"Audited every part of {data.source}'s partition ({parts}); a model trained on "
+                "it scores better on its own training images: pass --split test for held-out ones"
+            )
         listener.phase("predict", len(data))
         probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
         classes = config.classes or classifier.classes or data.classes

@@ -196,3 +196,21 @@ def test_audit_of_one_class_and_a_missing_partition(
         run_audit(
             AuditConfig(model=str(run), data=str(data), split="test", out=str(tmp_path / "b"))
         )
+
+
+def test_audit_of_a_partition_says_when_it_includes_training_images(
+    synth_run: tuple[Path, Path], split_class_folders: Path, tmp_path: Path
+) -> None:
+    _, run = synth_run
+    every = run_audit(
+        AuditConfig(model=str(run), data=str(split_class_folders), out=str(tmp_path / "a"))
+    )
+    assert every.result.n == 40
+    assert any("pass --split test" in note for note in every.notes)
+    held_out = run_audit(
+        AuditConfig(
+            model=str(run), data=str(split_class_folders), split="test", out=str(tmp_path / "b")
+        )
+    )
+    assert held_out.result.n == 8
+    assert not any("--split" in note for note in held_out.notes)
