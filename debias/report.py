@@ -79,6 +79,50 @@ def _accuracy_rows(audit: dict[str, Any]) -> pd.DataFrame:
     return rows[rows["metric"] == "accuracy"].astype({"ci_low": float, "ci_high": float})
 
 
+def training_composition(
+    samples: pd.DataFrame, attributes: list[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Training images per group and each group's share of the last epoch's sampling weight.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        A run's ``samples.csv``: split, sampling_weight and the run's group columns.
+    attributes : list of str
+        Audited attributes; an intersection is named ``"a & b"``. Those whose columns the run did
+        not record are left out.
+
+    Returns
+    -------
+    dict
+        ``{attribute: {group: {"n", "image_share", "draw_share"}}}``: training images, their
+        share of the images and of the weight among rows with a value for the attribute; the two
+        shares side by side show what resampling did.
+    """
+    train = samples[samples["split"] == "train"]
+    weight = pd.to_numeric(train["sampling_weight"], errors="coerce").fillna(0.0)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for attribute in attributes:
+        columns = attribute.split(" & ")
+        if not set(columns) <= set(train.columns):
+            continue
+        values = train[columns].astype(str)
+        # Rows missing a value (non-faces have no skin tone) belong to no group; shares are of
+        # the rows that have one, so a column of shares sums to 1.
+        known = (values != "").all(axis=1)
+        key = values.agg(" & ".join, axis=1)[known]
+        total = weight[known].sum()
+        out[attribute] = {
+            group: {
+                "n": int((key == group).sum()),
+                "image_share": float((key == group).mean()),
+                "draw_share": float(weight[key.index[key == group]].sum() / total),
+            }
+            for group in sorted(key.unique())
+        }
+    return out
+
+
 def headline_numbers(audit: dict[str, Any]) -> dict[str, float | None]:
     """Overall accuracy, worst group, variance across the finest groups (%²) and overall FPR."""
     acc = _accuracy_rows(audit)
@@ -162,6 +206,9 @@ def build_report(config: ReportConfig) -> Path:
     figs["curves"] = _data_uri(figures.training_curves(metrics))
     figs["ess"] = _data_uri(figures.ess_curve(metrics["debiased"]))
     samples = pd.read_csv(Path(config.run) / runio.SAMPLES, keep_default_na=False)
+    if audit is not None:
+        attributes = [a for a in _accuracy_rows(audit).attribute.unique() if a != "overall"]
+        facts["training_composition"] = training_composition(samples, attributes)
     weighted = samples[pd.to_numeric(samples["sampling_weight"], errors="coerce").notna()]
     weights = weighted["sampling_weight"].astype(float).to_numpy()
     figs["weights"] = _data_uri(figures.weight_histogram(weights / weights.sum()))

@@ -121,3 +121,20 @@ def test_browser_renders_every_figure_offline(report_html: Path, tmp_path: Path)
     assert [r for r in requests if not r.startswith(("data:", "file:"))] == []
     assert problems == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_shows_training_composition_and_draws(report_html: Path, report_inputs) -> None:
+    facts = json.loads((report_html.parent / "report.json").read_text())
+    samples = pd.read_csv(report_inputs["run"] / "samples.csv", keep_default_na=False)
+    train = samples[samples["split"] == "train"]
+    skin = facts["training_composition"]["skin_tone"]
+    assert {g: v["n"] for g, v in skin.items()} == train["skin_tone"][
+        train["skin_tone"] != ""
+    ].value_counts().to_dict()
+    assert sum(v["image_share"] for v in skin.values()) == pytest.approx(1.0)
+    assert sum(v["draw_share"] for v in skin.values()) == pytest.approx(1.0)
+    # Rare dark-skinned faces get more of the draws than their share of the images.
+    assert skin["dark"]["draw_share"] > 1.2 * skin["dark"]["image_share"]
+    both = facts["training_composition"]["skin_tone & glasses"]
+    assert sum(v["n"] for k, v in both.items() if k.startswith("dark")) == skin["dark"]["n"]
+    assert "share of training draws" in report_html.read_text()
