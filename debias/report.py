@@ -24,7 +24,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 import debias
 from debias import errors, figures
 from debias import run as runio
-from debias.audit import AuditConfig
+from debias.audit import INTERSECTION, AuditConfig
 from debias.audit_run import run_audit, versions
 from debias.data import decode_images
 
@@ -103,14 +103,14 @@ def training_composition(
     weight = pd.to_numeric(train["sampling_weight"], errors="coerce").fillna(0.0)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for attribute in attributes:
-        columns = attribute.split(" & ")
+        columns = attribute.split(INTERSECTION)
         if not set(columns) <= set(train.columns):
             continue
         values = train[columns].astype(str)
         # Rows missing a value (non-faces have no skin tone) belong to no group; shares are of
         # the rows that have one, so a column of shares sums to 1.
         known = (values != "").all(axis=1)
-        key = values.agg(" & ".join, axis=1)[known]
+        key = values.agg(INTERSECTION.join, axis=1)[known]
         total = weight[known].sum()
         out[attribute] = {
             group: {
@@ -188,7 +188,8 @@ def build_report(config: ReportConfig) -> Path:
             facts["baseline_headline"] = headline_numbers(baseline_audit)
         acc = _accuracy_rows(audit)
         overall = facts["headline"]["overall_accuracy"]
-        for attribute in [a for a in acc.attribute.unique() if a != "overall"]:
+        attributes = [a for a in acc.attribute.unique() if a != "overall"]
+        for attribute in attributes:
             rows = acc[acc.attribute == attribute]
             figs[f"bars:{attribute}"] = _data_uri(
                 figures.group_bars(rows, f"accuracy by {attribute}", reference=overall)
@@ -207,7 +208,6 @@ def build_report(config: ReportConfig) -> Path:
     figs["ess"] = _data_uri(figures.ess_curve(metrics["debiased"]))
     samples = pd.read_csv(Path(config.run) / runio.SAMPLES, keep_default_na=False)
     if audit is not None:
-        attributes = [a for a in _accuracy_rows(audit).attribute.unique() if a != "overall"]
         facts["training_composition"] = training_composition(samples, attributes)
     weighted = samples[pd.to_numeric(samples["sampling_weight"], errors="coerce").notna()]
     weights = weighted["sampling_weight"].astype(float).to_numpy()
@@ -308,7 +308,7 @@ def _render(
     if audit is not None:
         acc = _accuracy_rows(audit)
         last = [a for a in acc.attribute.unique() if a != "overall"]
-        if last and " & " in last[-1]:
+        if last and INTERSECTION in last[-1]:
             intersection = _heat_table(acc[acc.attribute == last[-1]], last[-1])
         disparities = sorted(
             audit["disparities"],
@@ -347,8 +347,8 @@ def _heat(value: float | None) -> str:
 
 def _heat_table(rows: pd.DataFrame, attribute: str) -> dict[str, Any]:
     """Rows x columns of the two-way intersection's accuracies."""
-    first, second = attribute.split(" & ", 1)
-    split = rows["group"].str.split(" & ", n=1, expand=True)
+    first, second = attribute.split(INTERSECTION, 1)
+    split = rows["group"].str.split(INTERSECTION, n=1, expand=True)
     table = rows.assign(row=split[0], col=split[1])
     cols = sorted(table["col"].unique())
     cells = []
