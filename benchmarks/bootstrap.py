@@ -32,7 +32,7 @@ from fairlearn.metrics import (
 from sections import write_section  # benchmarks/ is on sys.path when run as a script
 from sklearn.metrics import accuracy_score, precision_score
 
-from debias.audit import AuditConfig, audit
+from debias.fairness.audit import AuditOptions, audit
 
 HERE = Path(__file__).parent
 
@@ -87,7 +87,7 @@ def main() -> None:
     results = []
     for n in [int(r) for r in args.rows.split(",")]:
         y, p, groups = predictions(n)
-        config = AuditConfig(groups=["race", "gender"], bootstrap=args.replicates)
+        config = AuditOptions(groups=["race", "gender"], bootstrap=args.replicates)
         t = time.perf_counter()
         audit(y.astype(str), p.astype(str), groups, config)
         ours = time.perf_counter() - t
@@ -128,7 +128,7 @@ def write(results: list[dict]) -> None:
         f"{first.get('threads', 2)} threads, {first.get('date', '')}. Binary predictions, "
         "groups race (4) x gender (2): every "
         "metric of the audit with 95% percentile intervals for race, gender and race & gender. "
-        "debias: the whole `debias.audit.audit` call (MetricFrame estimates on the weighted "
+        "debias: the whole `debias.audit` call (MetricFrame estimates on the weighted "
         "outcome table + count bootstrap + disparities). fairlearn: `MetricFrame(n_boot=...)` "
         "for the same three groupings.",
         "",

@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 
 from debias import TrainConfig, train
 from debias.data import decode_images
-from debias.outliers_run import OutlierConfig, fit_detector
+from debias.jobs.outliers import OutlierConfig, fit_detector
 
 HERE = Path(__file__).parent
 SIZE = 64
@@ -116,7 +116,7 @@ def run_seed(args: argparse.Namespace, seed: int, command: str) -> dict:
     faces_rows = test[test["label"] != "not_face"]
     faces = decode_images([str(args.data / p) for p in faces_rows["path"]], SIZE)[0]
     inlier = detector.score_components(faces)
-    inlier_table = detector.table(inlier)
+    inlier_table = detector.table_from_scores(inlier)
     record = {
         "task": args.task,
         "seed": seed,
@@ -145,7 +145,7 @@ def run_seed(args: argparse.Namespace, seed: int, command: str) -> dict:
     rest = ~deploy
     flags = {
         "validation": inlier_table["is_outlier"].to_numpy()[rest],
-        "deployment": matched.table({c: v[rest] for c, v in inlier.items()})[
+        "deployment": matched.table_from_scores({c: v[rest] for c, v in inlier.items()})[
             "is_outlier"
         ].to_numpy(),
     }
@@ -169,7 +169,7 @@ def run_seed(args: argparse.Namespace, seed: int, command: str) -> dict:
         detector.combine = other
         auroc[other] = roc_auc_score(y, np.r_[other_in, detector.combine_scores(scores)])
         detector.combine = record["combine"]
-        flagged = detector.table(scores)["is_outlier"].mean()
+        flagged = detector.table_from_scores(scores)["is_outlier"].mean()
         record["types"][name] = {"n": len(images), "auroc": auroc, "flagged": float(flagged)}
         print(
             f"seed {seed} {name}: combined {auroc['combined']:.3f} "

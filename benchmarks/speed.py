@@ -44,9 +44,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from debias import TrainConfig, train
 from debias.config import ModelConfig
 from debias.data import FaceData, load_data
+from debias.encode import encode
 from debias.model import DBVAE, dbvae_loss
 from debias.resample import LatentHistogram
-from debias.train import compute_latents
 
 HERE = Path(__file__).parent
 # debias train configurations compared with the lab's loop: TrainConfig overrides
@@ -128,7 +128,7 @@ def lab_train(data: FaceData, epochs: int, seed: int) -> tuple[DBVAE, float, int
 
 def test_scores(model: DBVAE, test: FaceData) -> dict[str, Any]:
     """Recall per race x gender cell of the test faces, and the false-positive rate on crops."""
-    _, probs = compute_latents(model, test.images, np.arange(len(test.y)), torch.device("cpu"))
+    _, probs = encode(model, test.images, np.arange(len(test.y)), device=torch.device("cpu"))
     correct = probs.argmax(1).numpy() == test.y
     is_face = test.y == test.classes.index("face")
     frame = test.frame[is_face]

@@ -93,7 +93,7 @@ def run_one(
 
     torch.set_num_threads(threads)
     from debias import TrainConfig, load_data, train
-    from debias.train import compute_latents
+    from debias.encode import encode
 
     train_csv, test_csv = (Path(data_dir) / name for name in TASKS[task])
     run_dir = Path(out) / "runs" / task / method / f"seed{seed}"
@@ -112,7 +112,7 @@ def run_one(
     wall = time.perf_counter() - t0
 
     test = load_data(labels=test_csv, groups=["race", "gender"], image_size=config.model.image_size)
-    _, probs = compute_latents(result.model, test.images, np.arange(len(test)), torch.device("cpu"))
+    _, probs = encode(result.model, test.images, np.arange(len(test)), device=torch.device("cpu"))
     pred = np.array(result.data.classes)[probs.argmax(1).numpy()]
     correct = pred == test.frame["label"].to_numpy()
     faces = test.frame["race"].astype(str) != ""

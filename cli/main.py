@@ -18,17 +18,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cli.progress import RichListener
-from cli.tables import show_audit, show_outliers
-from debias import TrainConfig, distributed, errors, write_synthetic
-from debias import train as train_run
-from debias.audit import AuditConfig
-from debias.audit_run import run_audit
-from debias.config import ModelConfig
-from debias.demo import run_demo
-from debias.outliers_run import OutlierConfig, run_outliers
-from debias.report import ReportConfig, build_report
-from debias.train import resume as resume_run
+from debias import distributed, errors
+from debias.config import ModelConfig, TrainConfig
+from debias.data import write_synthetic
+from debias.fairness.audit import AuditOptions
+from debias.jobs.audit import AuditConfig, write_audit
+from debias.jobs.demo import write_demo
+from debias.jobs.outliers import OutlierConfig, write_outliers
+from debias.jobs.report import ReportConfig, write_report
+from debias.training import resume as resume_run
+from debias.training import train as train_run
+from debias_cli.progress import RichListener
+from debias_cli.tables import show_audit, show_outliers
 
 app = typer.Typer(
     help="Fair face classifiers without group labels: the debiasing VAE (DB-VAE).",
@@ -165,11 +166,22 @@ def train(
     kl_weight: Annotated[
         float | None, typer.Option(help=_default(TrainConfig, "kl_weight"))
     ] = None,
+    recon: Annotated[
+        str | None,
+        typer.Option(help="Reconstruction error: l1 or l2." + _default(TrainConfig, "recon")),
+    ] = None,
     vae_on: Annotated[
         str | None, typer.Option(help="auto, all or positive." + _default(TrainConfig, "vae_on"))
     ] = None,
-    positive_class: Annotated[str | None, typer.Option()] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+    positive_class: Annotated[
+        str | None, typer.Option(help="The class the VAE models with --vae-on positive.")
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment", help="Flip, colour jitter and +-4 px shifts while training."
+        ),
+    ] = None,
     precision: Annotated[
         str | None,
         typer.Option(
@@ -203,7 +215,7 @@ def train(
                 result = resume_run(resume, epochs=epochs, device=device, listener=listener)
         else:
             if data is None and labels is None:
-                raise errors.ConfigError("No data given. Pass --data FOLDER or --labels FILE.")
+                raise errors.ConfigError(errors.NO_DATA)
             config = _config_from(given)
             with RichListener(console) as listener:
                 result = train_run(config, listener=listener)
@@ -237,8 +249,7 @@ def _config_from(given: dict[str, object]) -> TrainConfig:
     for key in ("groups", "balance_groups"):
         if key in values:
             values[key] = [g.strip() for g in str(values[key]).split(",") if g.strip()]
-    if values.get("ess_fraction") == 0:
-        values["ess_fraction"] = None
+    # Every option is a field of one of the two configs: tests/test_messages.py checks it.
     model = ModelConfig(**{k: v for k, v in values.items() if k in model_fields})
     return TrainConfig(**{k: v for k, v in values.items() if k in train_fields}, model=model)
 
@@ -332,21 +343,23 @@ def audit(
     ] = None,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap replicates for confidence intervals (0: none).")
-    ] = AuditConfig.bootstrap,
-    ci: Annotated[float, typer.Option(help="Confidence level.")] = AuditConfig.ci,
+    ] = AuditOptions.bootstrap,
+    ci: Annotated[float, typer.Option(help="Confidence level.")] = AuditOptions.ci,
     tau: Annotated[
         float, typer.Option(help="Four-fifths rule: fair iff tau <= ratio <= 1/tau.")
-    ] = AuditConfig.tau,
+    ] = AuditOptions.tau,
     min_group_size: Annotated[
         int, typer.Option(help="Smaller groups are reported as too small to judge.")
-    ] = AuditConfig.min_group_size,
+    ] = AuditOptions.min_group_size,
     pos_label: Annotated[
         str | None, typer.Option(help="Positive class of a binary target.")
     ] = None,
     slices: Annotated[
         int, typer.Option(help="Latent clusters for label-free slice discovery.")
-    ] = AuditConfig.slices,
-    seed: Annotated[int, typer.Option()] = AuditConfig.seed,
+    ] = AuditOptions.slices,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the clustering.")] = (
+        AuditOptions.seed
+    ),
     device: DeviceOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default reports/audit-<date-time>).")
@@ -368,20 +381,22 @@ def audit(
             classes=_split_list(classes),
             embed_with=str(embed_with) if embed_with else None,
             threshold=threshold,
-            groups=group_list or [],
-            reference=_references(reference, group_list),
-            bootstrap=bootstrap,
-            ci=ci,
-            tau=tau,
-            min_group_size=min_group_size,
-            pos_label=pos_label,
-            slices=slices,
-            seed=seed,
             device=device or "auto",
             out=str(out) if out else None,
+            options=AuditOptions(
+                groups=group_list or [],
+                reference=_references(reference, group_list),
+                bootstrap=bootstrap,
+                ci=ci,
+                tau=tau,
+                min_group_size=min_group_size,
+                pos_label=pos_label,
+                slices=slices,
+                seed=seed,
+            ),
         )
         with RichListener(console) as listener:
-            report = run_audit(config, listener=listener)
+            report = write_audit(config, listener=listener)
     show_audit(console, report)
 
 
@@ -441,7 +456,7 @@ def outliers(
             out=str(out) if out else None,
         )
         with RichListener(console) as listener:
-            report = run_outliers(config, listener=listener)
+            report = write_outliers(config, listener=listener)
     show_outliers(console, report)
 
 
@@ -454,6 +469,13 @@ def report(
     audit: Annotated[
         Path | None, typer.Option(help="An audit folder of RUN (debias audit --out).")
     ] = None,
+    baseline_audit: Annotated[
+        Path | None,
+        typer.Option(
+            help="An audit folder of the baseline on the same images (default: the report "
+            "audits the baseline itself, with the audit's options)."
+        ),
+    ] = None,
     outliers: Annotated[
         Path | None, typer.Option(help="An outliers.csv written by debias outliers.")
     ] = None,
@@ -464,16 +486,17 @@ def report(
 ) -> None:
     """Write a fairness report (HTML, JSON, Markdown) a reviewer can read."""
     with _errors():
-        html = build_report(
-            ReportConfig(
-                run=str(run),
-                baseline=str(baseline) if baseline else None,
-                audit=str(audit) if audit else None,
-                outliers=str(outliers) if outliers else None,
-                name=name,
-                out=str(out) if out else None,
-            )
+        config = ReportConfig(
+            run=str(run),
+            baseline=str(baseline) if baseline else None,
+            audit=str(audit) if audit else None,
+            baseline_audit=str(baseline_audit) if baseline_audit else None,
+            outliers=str(outliers) if outliers else None,
+            name=name,
+            out=str(out) if out else None,
         )
+        with RichListener(console) as listener:
+            html = write_report(config, listener=listener)
     console.print(f"Report: {html}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -489,7 +512,7 @@ def demo(
     """Synthetic faces -> baseline + DB-VAE -> audit -> outliers -> report, nothing to download."""
     with _errors():
         with RichListener(console) as listener:
-            html = run_demo(
+            html = write_demo(
                 out,
                 epochs=epochs,
                 device=device or "auto",
@@ -517,9 +540,7 @@ def synth(
     """Write a synthetic, skewed face-detection data set (class folders + labels.csv)."""
     with _errors():
         if faces < 1 or non_faces < 1 or not 0 <= dark_fraction <= 1:
-            raise errors.ConfigError(
-                "--faces and --non-faces must be at least 1 and --dark-fraction in [0, 1]."
-            )
+            raise errors.ConfigError(errors.BAD_SYNTH_OPTIONS)
         labels = write_synthetic(
             out, n_faces=faces, n_non_faces=non_faces, dark_fraction=dark_fraction, seed=seed
         )

@@ -64,3 +64,7 @@ class RichListener:
             )
             + f"ess {metrics['ess_fraction']:.0%} {metrics['images_per_s']:.0f} img/s",
         )
+
+    def note(self, text: str) -> None:
+        """Print a job's one-line message above the bars."""
+        self.progress.console.print(text, highlight=False, markup=False)

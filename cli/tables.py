@@ -10,31 +10,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from debias.audit_run import AuditReport
-from debias.outliers_run import OutlierReport
+from debias.formatting import interval as _interval
+from debias.formatting import number as _num
+from debias.jobs.audit import AuditReport
+from debias.jobs.outliers import OutlierReport
 
 MAX_ROWS = 12
-
-
-def _num(value: float, digits: int = 3) -> str:
-    return (
-        "–"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else (f"{value:.{digits}f}")
-    )
-
-
-def _interval(low: float, high: float) -> str:
-    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
-        return ""
-    return f"{low:.3f}–{high:.3f}"
 
 
 def show_audit(console: Console, report: AuditReport) -> None:
     """Print an audit's headline, failing disparities, groups by accuracy and worst slices."""
     result = report.result
     summary = result.summary()
-    config = result.config
+    config = result.options
     overall = result.by_group[
         (result.by_group.attribute == "overall") & (result.by_group.metric == "accuracy")
     ].iloc[0]

@@ -1,39 +1,56 @@
-"""debias: fair face classifiers without group labels, with the debiasing VAE (DB-VAE)."""
+"""debias: fair face classifiers without group labels, with the debiasing VAE (DB-VAE).
+
+The package's public names. The library (training, weighting, the audit's statistics, the
+outlier detector) and the jobs behind the ``debias`` commands (``debias.jobs``) are imported on
+first use, so reading a run folder or rendering a report never imports the training loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from debias.audit import AuditConfig, AuditResult, audit  # noqa: E402
-from debias.audit_run import AuditReport, run_audit  # noqa: E402
-from debias.config import ModelConfig, TrainConfig  # noqa: E402
-from debias.data import FaceData, load_data, write_synthetic  # noqa: E402
-from debias.errors import ConfigError, DataError, DebiasError, RunError  # noqa: E402
-from debias.model import DBVAE, dbvae_loss, preprocess  # noqa: E402
-from debias.resample import LatentHistogram, effective_sample_size  # noqa: E402
-from debias.run import load_model  # noqa: E402
-from debias.train import TrainResult, resume, train  # noqa: E402
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AuditConfig": "debias.jobs.audit",
+    "AuditOptions": "debias.fairness.audit",
+    "AuditReport": "debias.jobs.audit",
+    "AuditResult": "debias.fairness.audit",
+    "ConfigError": "debias.errors",
+    "DataError": "debias.errors",
+    "DBVAE": "debias.model",
+    "DebiasError": "debias.errors",
+    "FaceData": "debias.data",
+    "LatentHistogram": "debias.resample",
+    "LatentOutlierDetector": "debias.outliers",
+    "ModelConfig": "debias.config",
+    "RunError": "debias.errors",
+    "TrainConfig": "debias.config",
+    "TrainResult": "debias.training",
+    "audit": "debias.fairness.audit",
+    "dbvae_loss": "debias.model",
+    "effective_sample_size": "debias.resample",
+    "load_data": "debias.data",
+    "load_model": "debias.runfolder",
+    "preprocess": "debias.model",
+    "resume": "debias.training",
+    "train": "debias.training",
+    "write_audit": "debias.jobs.audit",
+    "write_synthetic": "debias.data",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "AuditConfig",
-    "AuditReport",
-    "AuditResult",
-    "DBVAE",
-    "ConfigError",
-    "DataError",
-    "DebiasError",
-    "FaceData",
-    "LatentHistogram",
-    "ModelConfig",
-    "RunError",
-    "TrainConfig",
-    "TrainResult",
-    "audit",
-    "dbvae_loss",
-    "effective_sample_size",
-    "load_data",
-    "load_model",
-    "preprocess",
-    "resume",
-    "run_audit",
-    "train",
-    "write_synthetic",
-]
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'debias' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

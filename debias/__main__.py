@@ -1,5 +1,5 @@
 """``python -m debias`` runs the command line, so ``torchrun ... -m debias train`` works."""
 
-from cli.main import main
+from debias_cli.main import main
 
 main()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from debias import errors
+from debias.resample import Combine
 
-Combine = Literal["product", "max"]
 VaeOn = Literal["auto", "all", "positive"]
 Recon = Literal["l1", "l2"]
 LrSchedule = Literal["constant", "cosine"]
@@ -72,7 +72,8 @@ class TrainConfig:
     bins: int = 10  # the lab's histogram bins per latent dimension
     alpha: float = 1e-3  # the lab's smoothing: keeps empty bins from getting infinite weight
     combine: Combine = "product"  # the paper's rule (in log space); "max" is the lab's
-    ess_fraction: float | None = 0.5  # temperature so each class keeps this effective sample share
+    # temperature so each class keeps this effective sample share; 0 or None turns it off
+    ess_fraction: float | None = 0.5
     warmup_epochs: int = 1  # uniform sampling until the latents mean something
     density_components: int | None = None  # histogram this many principal axes, not raw dims
 
@@ -119,10 +120,10 @@ class TrainConfig:
             "Pass e.g. 0.1.",
         )
         check_option(
-            self.ess_fraction is None or 0 < self.ess_fraction <= 1,
+            self.ess_fraction is None or 0 <= self.ess_fraction <= 1,
             "ess_fraction",
             self.ess_fraction,
-            "must be in (0, 1]",
+            "must be in [0, 1]",
             "Pass e.g. 0.5, or 0 to use alpha alone.",
         )
         check_option(

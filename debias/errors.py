@@ -123,3 +123,67 @@ NO_GROUPS = (
     "{path}: no group columns to audit by (columns: {columns}). Pass --groups COLUMN,... naming "
     "attribute columns of the data."
 )
+
+# Training
+TORCHRUN_OUT = "Training under torchrun needs a run folder every process agrees on. Pass --out RUN."
+RUN_EXISTS = (
+    "{path}: already holds a run. Pass --resume {path} to continue it, or a new --out folder."
+)
+RESUME_CLASSES = (
+    "{path}: the data now has classes {now}, the checkpoint {checkpoint}. "
+    "Resume with the data the run started with."
+)
+LOSS_NOT_FINITE = (
+    "{path}: the loss became {loss} in epoch {epoch}. "
+    "The last good checkpoint is kept; lower --lr and run --resume {path}."
+)
+
+# Audit and report
+UNKNOWN_CLASS = (
+    "{what} has the value {value!r}, which is not one of the classes ({classes}). "
+    "Use the same class names for true and predicted labels."
+)
+NOT_AN_AUDIT = (
+    "{path}: not an audit folder (audit.json missing). "
+    "Pass the --out folder of a `debias audit` run."
+)
+UNKNOWN_PREDICTION = (
+    "{path}: row {row} predicts {value!r}, which is not a value of y_true ({classes}). Use the "
+    "same class names in both columns, or pass --classes listing every class."
+)
+BAD_SCORE = (
+    "{path}: row {row} has score {value!r}, which is not a number between 0 and 1. Scores must "
+    "be the positive class's probability (apply a sigmoid to logits first)."
+)
+SCORE_NOT_BINARY = (
+    "{path}: a score column needs a binary target, but y_true has {n} classes ({classes}). "
+    "Give predicted labels as y_pred instead."
+)
+MODEL_OR_PREDICTIONS = (
+    "Pass either --model (a run folder, TorchScript or ONNX file) with --data, "
+    "or --predictions FILE.csv."
+)
+MODEL_NEEDS_DATA = "--model needs images to predict on. Pass --data FOLDER or --labels FILE."
+
+# Inputs in general
+NO_DATA = "No data given. Pass --data FOLDER or --labels FILE."
+BAD_SYNTH_OPTIONS = "--faces and --non-faces must be at least 1 and --dark-fraction in [0, 1]."
+
+# Outliers
+NO_VALIDATION_FACES = (
+    "{path}: the run has no validation faces to calibrate on. "
+    "Train it with --val-fraction above 0 (the default is 0.1)."
+)
+RUN_IMAGES_GONE = (
+    "{path}: {count} of the run's own images cannot be read any more (first: {first}). "
+    "Put the training data back where it was."
+)
+CALIBRATION_UNREADABLE = (
+    "{path}: {count} calibration image(s) cannot be read (first: {first}). Remove or replace "
+    "them: every calibration image must be a face like the ones you screen."
+)
+TOO_FEW_CALIBRATION = (
+    "{path}: {n} calibration images cannot flag as few as {rate:g} of inliers. Give at least "
+    "{needed} (a few hundred or more for a steady rate)."
+)
+NO_IMAGE_FILES = "{path}: no image files found. Point {option} at a folder of images (any depth)."

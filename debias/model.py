@@ -166,6 +166,15 @@ class DBVAE(nn.Module):
         return torch.softmax(self.encode(x)[0].float(), dim=1)
 
 
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL divergence of N(mu, exp(logvar)) from the N(0, I) prior, per sample: ``(B,)``.
+
+    The VAE loss and the outlier detector's ``kl`` component both use this one formula.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(dim=1)  # (B,)
+
+
 def dbvae_loss(
     out: Output,
     x: torch.Tensor,
@@ -210,8 +219,7 @@ def dbvae_loss(
         rec = torch.zeros(len(x), device=rec.device, dtype=rec.dtype).masked_scatter(
             out.decoded, rec
         )  # (B,)
-    mu, logvar = out.mu.float(), out.logvar.float()
-    kl = 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(dim=1)  # (B,)
+    kl = kl_divergence(out.mu, out.logvar)  # (B,)
     vae = rec + kl_weight * kl  # (B,)
     per_sample = ce + vae_mask * vae if use_vae else ce  # (B,)
     return Loss(per_sample.mean(), ce, rec, kl, vae_mask)

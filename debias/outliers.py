@@ -35,10 +35,11 @@ import pandas as pd
 import torch
 from sklearn.covariance import LedoitWolf
 
-from debias.model import DBVAE, preprocess
+from debias.encode import encoded_batches, eval_mode
+from debias.model import DBVAE, kl_divergence
 from debias.resample import LatentHistogram
 
-Combine = Literal["fisher", "min"]
+PValueCombine = Literal["fisher", "min"]
 # Combined components and whether each is judged on both tails (True) or the upper one only.
 TWO_SIDED = {
     "reconstruction": True,
@@ -51,7 +52,6 @@ TWO_SIDED = {
 COMBINED = tuple(TWO_SIDED)
 RARITY = "density"
 JPEG_BLOCK = 8
-BATCH = 256
 
 
 def pixel_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -87,27 +87,23 @@ def raw_scores(
     device: torch.device,
     on_advance: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-image reconstruction, KL and 1 - p(positive) scores, and the latent means ``(N, K)``."""
-    model.eval()
+    """Per-image reconstruction, KL and 1 - p(positive) scores, and the latent means ``(N, K)``.
+
+    The model runs in eval mode and is left in the mode it was in.
+    """
     out: dict[str, list[np.ndarray]] = {"reconstruction": [], "kl": [], "not_face": []}
-    mus = []
-    for start in range(0, len(images), BATCH):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + BATCH]))
-        x = preprocess(batch.to(device), model.cfg.image_size)
-        logits, mu, logvar = model.encode(x)  # (B, C), (B, K), (B, K)
-        recon = model.decoder(mu)  # (B, 3, S, S)
-        out["reconstruction"].append((recon - x).abs().mean(dim=(1, 2, 3)).cpu().numpy())
-        kl = 0.5 * (logvar.exp() + mu.square() - 1.0 - logvar).sum(dim=1)  # (B,)
-        out["kl"].append(kl.cpu().numpy())
-        if positive is not None:
-            p = torch.softmax(logits.float(), dim=1)[:, positive]
-            out["not_face"].append((1.0 - p).cpu().numpy())
-        mus.append(mu.float().cpu().numpy())
-        if on_advance is not None:
-            on_advance(len(x))
+    mus = [np.zeros((0, model.cfg.latent_dim), np.float32)]
+    with eval_mode(model):
+        for x, logits, mu, logvar in encoded_batches(model, images, None, device, on_advance):
+            recon = model.decoder(mu)  # (B, 3, S, S)
+            out["reconstruction"].append((recon - x).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+            out["kl"].append(kl_divergence(mu, logvar).cpu().numpy())
+            if positive is not None:
+                p = torch.softmax(logits.float(), dim=1)[:, positive]
+                out["not_face"].append((1.0 - p).cpu().numpy())
+            mus.append(mu.float().cpu().numpy())
     scores = {k: np.concatenate(v).astype(np.float64) for k, v in out.items() if v}
-    k = model.cfg.latent_dim
-    return scores, (np.concatenate(mus) if mus else np.zeros((0, k), np.float32))
+    return scores, np.concatenate(mus)
 
 
 # Calibration scores above this quantile estimate the exponential tail beyond the largest one.
@@ -180,7 +176,7 @@ def _leave_one_out_log_p_values(calibration: np.ndarray) -> np.ndarray:
     return log_p
 
 
-def _combine(log_p: np.ndarray, how: Combine, n_calibration: int) -> np.ndarray:
+def _combine(log_p: np.ndarray, how: PValueCombine, n_calibration: int) -> np.ndarray:
     """Return the combined statistic of log p-values ``(N, M)``; higher = more anomalous.
 
     The minimum of conformal p-values takes few distinct values, and a threshold on such a
@@ -198,7 +194,7 @@ def _combine(log_p: np.ndarray, how: Combine, n_calibration: int) -> np.ndarray:
 
 def calibrate(
     components: list[np.ndarray],
-    combine: Combine,
+    combine: PValueCombine,
     contamination: float,
     two_sided: list[bool] | None = None,
 ) -> tuple[np.ndarray, float]:
@@ -238,15 +234,22 @@ class LatentOutlierDetector:
     model : DBVAE
         A trained model (from :func:`debias.load_model`).
     contamination : float
-        Target share of inliers flagged (the false-flag rate), calibrated on validation faces.
+        Target share of inliers flagged (the false-flag rate), calibrated on held-out inliers.
     rare_fraction : float
-        Share of validation faces that the rarity flag marks as rare.
+        Share of calibration faces that the rarity flag marks as rare.
     combine : {"min", "fisher"}
         How component p-values combine: the smallest p-value or Fisher's ``-2 Σ log p``.
     positive : int or None
         Index of the positive class of a detection model (adds the ``not_face`` component).
+    density : LatentHistogram or None
+        The fitted class-free latent density of the training faces (a run's ``density.pt``);
+        None fits one on ``X`` with ``bins`` and ``alpha``.
     bins, alpha : int, float
-        Histogram of the rarity score (as in the resampler).
+        Histogram of the rarity score when ``density`` is None (as in the resampler).
+    calibration_fraction : float
+        Share of ``X`` held out to calibrate on when ``fit`` is given no calibration images.
+    random_state : int
+        Seed of that hold-out split.
     device : torch.device, optional
         Where the model runs.
 
@@ -259,21 +262,21 @@ class LatentOutlierDetector:
     histogram_ : LatentHistogram
         Latent density of the training faces.
     calibration_ : dict of str to numpy.ndarray
-        Each component's (and rarity's) scores on the validation faces.
+        Each component's (and rarity's) scores on the calibration faces.
     decision_scores_ : numpy.ndarray
-        Combined scores of the validation faces (leave-one-out), higher = more anomalous.
+        Combined scores of the calibration faces (leave-one-out), higher = more anomalous.
     threshold_ : float
-        Combined scores above this are outliers (``inf`` when too few validation faces exist to
+        Combined scores above this are outliers (``inf`` when too few calibration faces exist to
         flag as few as ``contamination``).
     labels_ : numpy.ndarray
-        0/1 outlier labels of the validation faces.
+        0/1 outlier labels of the calibration faces.
     n_calibration_ : int
-        Number of validation faces.
+        Number of calibration faces.
 
     Notes
     -----
     ``decision_function`` follows pyod: higher means more anomalous (scikit-learn's sign is the
-    opposite).
+    opposite); ``predict`` returns 0/1 labels; :meth:`score_table` returns every score.
     """
 
     def __init__(
@@ -282,10 +285,13 @@ class LatentOutlierDetector:
         *,
         contamination: float = 0.05,
         rare_fraction: float = 0.05,
-        combine: Combine = "min",
+        combine: PValueCombine = "min",
         positive: int | None = None,
+        density: LatentHistogram | None = None,
         bins: int = 10,
         alpha: float = 1e-3,
+        calibration_fraction: float = 0.2,
+        random_state: int = 0,
         device: torch.device | None = None,
     ) -> None:
         self.model = model
@@ -293,29 +299,54 @@ class LatentOutlierDetector:
         self.rare_fraction = rare_fraction
         self.combine = combine
         self.positive = positive
+        self.density = density
         self.bins = bins
         self.alpha = alpha
+        self.calibration_fraction = calibration_fraction
+        self.random_state = random_state
         self.device = device
 
     def fit(
         self,
-        train_images: np.ndarray,
-        val_images: np.ndarray,
+        X: np.ndarray,
+        y: None = None,
+        *,
+        calibration: np.ndarray | None = None,
         on_advance: Callable[[int], None] | None = None,
     ) -> LatentOutlierDetector:
-        """Fit the latent statistics on training faces and calibrate on validation faces."""
+        """Fit the latent statistics on training faces ``X``; calibrate on held-out inliers.
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            uint8 training faces ``(N, 3, S, S)``.
+        y : None
+            Ignored (pyod's signature).
+        calibration : numpy.ndarray, optional
+            uint8 inlier faces to calibrate the false-flag rate on, drawn like the inputs to be
+            screened. Default: ``calibration_fraction`` of ``X``, held out from fitting.
+        on_advance : callable, optional
+            Progress hook, called with the number of images of each batch.
+
+        Returns
+        -------
+        LatentOutlierDetector
+            ``self``, fitted.
+        """
+        if calibration is None:
+            order = np.random.default_rng(self.random_state).permutation(len(X))
+            n_cal = int(round(self.calibration_fraction * len(X)))
+            calibration, X = X[np.sort(order[:n_cal])], X[np.sort(order[n_cal:])]
         device = self.device or torch.device("cpu")
-        _, mu_train = raw_scores(
-            self.model, train_images, positive=None, device=device, on_advance=on_advance
-        )
+        _, mu_train = raw_scores(self.model, X, positive=None, device=device, on_advance=on_advance)
         self.mean_ = mu_train.mean(axis=0)
         self.precision_ = LedoitWolf().fit(mu_train).precision_
-        self.histogram_ = LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
+        self.histogram_ = self.density or LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
             torch.from_numpy(mu_train)
         )
         self.components_ = [c for c in COMBINED if c != "not_face" or self.positive is not None]
-        self.calibration_ = self.score_components(val_images, on_advance=on_advance)
-        self.n_calibration_ = len(val_images)
+        self.calibration_ = self.score_components(calibration, on_advance=on_advance)
+        self.n_calibration_ = len(calibration)
         self.decision_scores_, self.threshold_ = calibrate(
             [self.calibration_[c] for c in self.components_],
             self.combine,
@@ -347,15 +378,21 @@ class LatentOutlierDetector:
         h = self.histogram_
         m = torch.from_numpy(mu).float()
         inside = -h.score_samples(m, torch.zeros(len(m), dtype=torch.long)).numpy()
+        # The histogram's own axes: the raw dimensions, or its principal axes.
+        z = ((m - h.center_[0]) @ h.axes_[0]).numpy()  # (N, K')
         lo, hi = h.lo_[0].numpy(), h.hi_[0].numpy()
         width = np.maximum((hi - lo) / h.bins, 1e-12)
-        outside = (np.maximum(lo - mu, 0) + np.maximum(mu - hi, 0)) / width  # (N, K) bin widths
-        empty_bin_cost = -h.log_prob_[0].min(dim=1).values.numpy()  # (K,)
+        outside = (np.maximum(lo - z, 0) + np.maximum(z - hi, 0)) / width  # (N, K') bin widths
+        empty_bin_cost = -h.log_prob_[0].min(dim=1).values.numpy()  # (K',)
         return inside + (outside * empty_bin_cost).sum(axis=1)
 
-    def decision_function(self, images: np.ndarray) -> np.ndarray:
-        """Return the combined outlier score ``(N,)``; higher means more anomalous."""
-        return self.combine_scores(self.score_components(images))
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Return the combined outlier score ``(N,)`` of images ``X``; higher = more anomalous."""
+        return self.combine_scores(self.score_components(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Return 0/1 outlier labels ``(N,)`` of images ``X`` (1 = outlier), as pyod does."""
+        return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
     def combine_scores(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """Return the combined score of component scores from :meth:`score_components`."""
@@ -368,15 +405,14 @@ class LatentOutlierDetector:
         )
         return _combine(log_p, self.combine, self.n_calibration_)
 
-    def predict(
-        self, images: np.ndarray, on_advance: Callable[[int], None] | None = None
+    def score_table(
+        self, X: np.ndarray, on_advance: Callable[[int], None] | None = None
     ) -> pd.DataFrame:
-        """Per image: every component, the combined score, its p-value, is_outlier, is_rare."""
-        scores = self.score_components(images, on_advance=on_advance)
-        return self.table(scores)
+        """Per image of ``X``: every component, the combined score, its p-value and the flags."""
+        return self.table_from_scores(self.score_components(X, on_advance=on_advance))
 
-    def table(self, scores: dict[str, np.ndarray]) -> pd.DataFrame:
-        """Build the :meth:`predict` table from component scores (for scoring in chunks)."""
+    def table_from_scores(self, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+        """Build the :meth:`score_table` table from :meth:`score_components` output."""
         combined = self.combine_scores(scores)
         p = p_values(self.decision_scores_, combined)
         rare_p = p_values(self.calibration_[RARITY], scores[RARITY])

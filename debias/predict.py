@@ -22,7 +22,7 @@ import torch
 from debias import errors
 from debias.data.layouts import check_filled, read_csv_table, relative_paths
 from debias.model import preprocess
-from debias.run import CONFIG, load_model
+from debias.runfolder import CONFIG, load_model
 
 # A classifier maps uint8 images (B, 3, S, S) to class probabilities (B, C).
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -303,9 +303,12 @@ def read_predictions_csv(
         if unknown:
             row = int(out.index[out["y_pred"] == unknown[0]][0])
             raise errors.DataError(
-                f"{path}: row {row + 2} predicts {unknown[0]!r}, which is not a value of y_true "
-                f"({', '.join(sorted(set(out['y_true']))[:10])}). Use the same class names in "
-                "both columns, or pass --classes listing every class."
+                errors.UNKNOWN_PREDICTION.format(
+                    path=path,
+                    row=row + 2,
+                    value=unknown[0],
+                    classes=", ".join(sorted(set(out["y_true"]))[:10]),
+                )
             )
     else:
         out = out.rename(columns={score_col: "score"})
@@ -317,7 +320,7 @@ def read_predictions_csv(
 
 def _threshold(frame: pd.DataFrame, path: Path, threshold: float, pos_label: str | None) -> list:
     """Binary predictions from scores: the positive class where score >= threshold."""
-    from debias.audit import positive_class
+    from debias.classes import positive_class
 
     check_filled(frame, "score", path)
     score = pd.to_numeric(frame["score"], errors="coerce")
@@ -325,17 +328,16 @@ def _threshold(frame: pd.DataFrame, path: Path, threshold: float, pos_label: str
     if outside.any():
         row = int(outside.idxmax())
         raise errors.DataError(
-            f"{path}: row {row + 2} has score {frame['score'][row]!r}, which is not a number "
-            "between 0 and 1. Scores must be the positive class's probability (apply a sigmoid "
-            "to logits first)."
+            errors.BAD_SCORE.format(path=path, row=row + 2, value=frame["score"][row])
         )
     classes = sorted(frame["y_true"].unique().tolist())
     if len(classes) == 1:
         classes = sorted({classes[0], "0" if classes[0] == "1" else "1"})
     if len(classes) != 2:
         raise errors.DataError(
-            f"{path}: a score column needs a binary target, but y_true has {len(classes)} "
-            f"classes ({', '.join(classes[:5])}). Give predicted labels as y_pred instead."
+            errors.SCORE_NOT_BINARY.format(
+                path=path, n=len(classes), classes=", ".join(classes[:5])
+            )
         )
     positive = positive_class(classes, pos_label)
     negative = next(c for c in classes if c != positive)

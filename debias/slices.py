@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
-from debias.audit import AuditConfig, audit
+from debias.fairness.audit import AuditOptions, audit
 
 # Above this many images k-means runs in mini-batches: same clusters in spirit, a fraction of
 # the time.
@@ -44,7 +44,7 @@ def slice_table(
     table: pd.DataFrame,
     slices: np.ndarray,
     embedding: np.ndarray,
-    config: AuditConfig,
+    options: AuditOptions,
     *,
     kind: str,
     rank_by_error: bool = True,
@@ -59,8 +59,8 @@ def slice_table(
         Slice of each row ``(N,)``.
     embedding : numpy.ndarray
         The rows' latent means ``(N, K)``; examples are the failures nearest a slice's centre.
-    config : AuditConfig
-        Bootstrap size, level, minimum size and seed; ``config.groups`` name the known group
+    options : AuditOptions
+        Bootstrap size, level, minimum size and seed; ``options.groups`` name the known group
         columns used only to describe each slice's make-up, never to form slices.
     kind : str
         ``cluster`` or ``density decile``, written in the table.
@@ -78,12 +78,12 @@ def slice_table(
         table["y_true"].to_numpy(),
         table["y_pred"].to_numpy(),
         pd.DataFrame({name: slices.astype(str)}),
-        AuditConfig(
+        AuditOptions(
             groups=[name],
-            bootstrap=config.bootstrap,
-            ci=config.ci,
-            min_group_size=config.min_group_size,
-            seed=config.seed,
+            bootstrap=options.bootstrap,
+            ci=options.ci,
+            min_group_size=options.min_group_size,
+            seed=options.seed,
         ),
         classes=sorted(set(map(str, table["y_true"])) | set(map(str, table["y_pred"]))),
     )
@@ -105,7 +105,7 @@ def slice_table(
                 "ci_high": 1 - r["ci_low"],
                 "judged": bool(r["judged"]),
                 "share_of_errors": wrong[members].sum() / total_errors,
-                "composition": _composition(table, members, config.groups),
+                "composition": _composition(table, members, options.groups),
                 "examples": _examples(members, embedding, wrong),
             }
         )

@@ -1,27 +1,24 @@
 """Run by test_distributed.py under torchrun: train, and record what this rank drew and saw.
 
-It wraps three functions of debias.train (a spy, not a stub: training runs unchanged) and writes
+It wraps three functions of debias.training (a spy, not a stub: training runs unchanged) and writes
 ``rank<R>.json`` beside the run: each epoch's weights, full weighted draw and the rows this rank
 trained on.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
+import debias.training as training
 from debias import ModelConfig, TrainConfig
-
-# the module, not the train function that debias/__init__ exports under the same name
-training = importlib.import_module("debias.train")
 
 BATCH = 16  # the latent and validation passes use EVAL_BATCH, so this tells training apart
 
 record: dict[str, list] = {"weights": [], "draws": [], "trained": []}
-draw_epoch, batches, epoch_weights = training.draw_epoch, training.batches, training._epoch_weights
+draw_epoch, batches, weighting_for = training.draw_epoch, training.batches, training.weighting_for
 
 
 def spy_draw(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D103
@@ -38,13 +35,24 @@ def spy_batches(images, idx, size):  # noqa: ANN001, ANN201, D103
         yield chunk, x
 
 
-def spy_weights(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D103
-    weights, resampled = epoch_weights(*args, **kwargs)
-    record["weights"].append(weights.tolist())
-    return weights, resampled
+class SpyWeighting:
+    """The run's own weighting, recording the weights it gives each epoch."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+
+    def epoch_weights(self, view):  # noqa: ANN001, ANN201, D102
+        weighted = self.inner.epoch_weights(view)
+        record["weights"].append(weighted.weights.tolist())
+        return weighted
 
 
-training.draw_epoch, training.batches, training._epoch_weights = spy_draw, spy_batches, spy_weights
+def spy_weighting_for(config):  # noqa: ANN001, ANN201, D103
+    return SpyWeighting(weighting_for(config))
+
+
+training.draw_epoch, training.batches = spy_draw, spy_batches
+training.weighting_for = spy_weighting_for
 data, out = sys.argv[1], Path(sys.argv[2])
 training.train(
     TrainConfig(

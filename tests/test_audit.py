@@ -16,7 +16,9 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score, precision_score
 
 from debias import ConfigError
-from debias.audit import AuditConfig, audit, bootstrap_counts, cell_counts, metrics_from_counts
+from debias.fairness.audit import AuditOptions, audit
+from debias.fairness.bootstrap import bootstrap_counts, cell_counts
+from debias.fairness.metrics import metric_keys, metrics_from_counts
 
 
 def _random_predictions(n: int, classes: list[str], seed: int = 0):
@@ -51,7 +53,7 @@ def _direct_metric_frame(y, p, sensitive, pos):
 @pytest.mark.parametrize("classes", [["face", "not_face"], ["cat", "dog", "owl"]])
 def test_values_equal_fairlearn_metricframe_on_the_raw_rows(classes: list[str]) -> None:
     y, p, groups = _random_predictions(3000, classes)
-    result = audit(y, p, groups, AuditConfig(groups=["race", "gender"], bootstrap=50))
+    result = audit(y, p, groups, AuditOptions(groups=["race", "gender"], bootstrap=50))
     judged = ["face"] if len(classes) == 2 else classes
     checked = 0
     for pos in judged:
@@ -82,14 +84,14 @@ def test_values_equal_fairlearn_metricframe_on_the_raw_rows(classes: list[str]) 
 
 def test_count_formulas_used_by_the_bootstrap_equal_the_estimates() -> None:
     y, p, groups = _random_predictions(2000, ["a", "b", "c"], seed=1)
-    result = audit(y, p, groups, AuditConfig(groups=["race"], bootstrap=0))
+    result = audit(y, p, groups, AuditOptions(groups=["race"], bootstrap=0))
     codes = {c: i for i, c in enumerate(result.classes)}
     yt = np.array([codes[v] for v in y])
     yp = np.array([codes[v] for v in p])
     for race in ["White", "Black"]:
         rows = (groups["race"] == race).to_numpy()
         confusion = cell_counts(np.zeros(rows.sum(), int), yt[rows], yp[rows], 1, 3)[0]
-        from_counts = metrics_from_counts(confusion, [0, 1, 2])
+        from_counts = metrics_from_counts(confusion, metric_keys(result.classes, [0, 1, 2]))
         ours = result.by_group[(result.by_group.group == race)]["value"].to_numpy()
         np.testing.assert_allclose(from_counts, ours, equal_nan=True)
 
@@ -99,7 +101,7 @@ def test_undefined_rates_are_nan_not_zero() -> None:
     y = ["1"] * 40 + ["0"] * 80
     p = ["1"] * 30 + ["0"] * 10 + ["0"] * 80
     groups = pd.DataFrame({"g": ["a"] * 80 + ["b"] * 40})
-    result = audit(y, p, groups, AuditConfig(groups=["g"], bootstrap=100))
+    result = audit(y, p, groups, AuditOptions(groups=["g"], bootstrap=100))
     b = result.by_group[result.by_group.group == "b"].set_index("metric")["value"]
     assert np.isnan(b["tpr"]) and np.isnan(b["fnr"]) and np.isnan(b["precision"])
     assert b["fpr"] == 0.0 and b["accuracy"] == 1.0
@@ -113,7 +115,7 @@ def test_bootstrap_of_counts_has_the_binomial_spread() -> None:
     counts = np.array([[[300, 50], [30, 120]]])  # one cell, 500 rows, accuracy 0.84
     boot = bootstrap_counts(counts, 4000, rng)
     assert (boot.sum(axis=(2, 3)) == 500).all()  # cells keep their size
-    accuracy = metrics_from_counts(boot[:, 0], [1])[:, 1]
+    accuracy = metrics_from_counts(boot[:, 0], metric_keys(["a", "b"], [1]))[:, 1]
     expected_sd = np.sqrt(0.84 * 0.16 / 500)
     assert accuracy.mean() == pytest.approx(0.84, abs=0.002)
     assert accuracy.std() == pytest.approx(expected_sd, rel=0.08)
@@ -128,7 +130,10 @@ def test_interval_covers_the_true_accuracy_at_its_level() -> None:
         y = np.array(["a"] * 400)
         p = np.where(correct, "a", "b")
         r = audit(
-            y, p, pd.DataFrame({"g": ["x"] * 400}), AuditConfig(groups=["g"], bootstrap=300, seed=t)
+            y,
+            p,
+            pd.DataFrame({"g": ["x"] * 400}),
+            AuditOptions(groups=["g"], bootstrap=300, seed=t),
         )
         row = r.by_group[(r.by_group.group == "x") & (r.by_group.metric == "accuracy")].iloc[0]
         covered += row["ci_low"] <= 0.8 <= row["ci_high"]
@@ -137,7 +142,7 @@ def test_interval_covers_the_true_accuracy_at_its_level() -> None:
 
 def test_planted_failing_group_is_flagged_and_worst() -> None:
     y, p, groups = _random_predictions(4000, ["face", "not_face"])
-    result = audit(y, p, groups, AuditConfig(groups=["race", "gender"]))
+    result = audit(y, p, groups, AuditOptions(groups=["race", "gender"]))
     summary = result.summary()
     assert summary["worst_group"]["group"].startswith("Black")
     acc = result.disparities[result.disparities.metric == "accuracy"].set_index(
@@ -156,7 +161,7 @@ def test_small_groups_are_reported_not_judged() -> None:
     y, p, groups = _random_predictions(1000, ["face", "not_face"])
     groups.loc[:9, "race"] = "Pacific"
     groups.loc[10:14, "race"] = ""  # missing: counted overall, in no race group
-    result = audit(y, p, groups, AuditConfig(groups=["race"], min_group_size=30))
+    result = audit(y, p, groups, AuditOptions(groups=["race"], min_group_size=30))
     pacific = result.by_group[result.by_group.group == "Pacific"]
     assert (pacific["n"] == 10).all() and not pacific["judged"].any()
     assert (result.disparities[result.disparities.group == "Pacific"].flag == "too small").all()
@@ -169,16 +174,41 @@ def test_small_groups_are_reported_not_judged() -> None:
 
 def test_reference_group_can_be_chosen() -> None:
     y, p, groups = _random_predictions(2000, ["face", "not_face"])
-    result = audit(y, p, groups, AuditConfig(groups=["race"], reference={"race": "Black"}))
+    result = audit(y, p, groups, AuditOptions(groups=["race"], reference={"race": "Black"}))
     assert set(result.disparities.reference) == {"Black"}
     with pytest.raises(ConfigError, match="has no group 'Martian'"):
-        audit(y, p, groups, AuditConfig(groups=["race"], reference={"race": "Martian"}))
+        audit(y, p, groups, AuditOptions(groups=["race"], reference={"race": "Martian"}))
 
 
-def test_one_million_predictions_with_a_thousand_replicates_is_vectorized() -> None:
-    # Not a timing test: it checks the work does not grow with rows x replicates, by running it.
+def test_one_million_predictions_with_a_thousand_replicates_is_vectorized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not a timing test: it checks that the bootstrap draws confusion counts of the 8 race x
+    # gender cells, in a few multinomial calls, never anything per row or per replicate.
+    import debias.fairness.audit as audit_module
+
+    calls: list[tuple] = []
+    real_bootstrap = audit_module.bootstrap_counts
+
+    class CountingRng:
+        def __init__(self, rng: np.random.Generator) -> None:
+            self.rng = rng
+
+        def multinomial(self, n, pvals, size):  # noqa: ANN001, ANN201
+            calls.append(("multinomial", np.shape(pvals), size))
+            return self.rng.multinomial(n, pvals, size=size)
+
+    def spy(counts, n_boot, rng, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(("bootstrap", counts.shape, n_boot))
+        return real_bootstrap(counts, n_boot, CountingRng(rng), **kwargs)
+
+    monkeypatch.setattr(audit_module, "bootstrap_counts", spy)
     y, p, groups = _random_predictions(1_000_000, ["face", "not_face"])
-    result = audit(y, p, groups, AuditConfig(groups=["race", "gender"], bootstrap=1000))
+    result = audit(y, p, groups, AuditOptions(groups=["race", "gender"], bootstrap=1000))
+    assert calls[0] == ("bootstrap", (8, 2, 2), 1000)  # cells x true x predicted, once
+    draws = calls[1:]
+    assert len(draws) == 4  # 1000 replicates in chunks of 250
+    assert all(shape == (8, 4) and size == (250, 8) for _, shape, size in draws)
     black = result.by_group[
         (result.by_group.group == "Black") & (result.by_group.metric == "accuracy")
     ]
@@ -191,7 +221,7 @@ def test_grouping_by_the_target_does_not_judge_label_bound_rates() -> None:
     gender = rng.choice(["female", "male"], 2000)
     wrong = rng.random(2000) < 0.1
     pred = np.where(wrong, np.where(gender == "male", "female", "male"), gender)
-    result = audit(gender, pred, pd.DataFrame({"gender": gender}), AuditConfig(groups=["gender"]))
+    result = audit(gender, pred, pd.DataFrame({"gender": gender}), AuditOptions(groups=["gender"]))
     flags = result.disparities.set_index("metric")["flag"]
     assert flags["precision"] == "undefined" and flags["selection_rate"] == "undefined"
     assert flags["accuracy"] == "pass"

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_ARGS
 from typer.testing import CliRunner
 
-from cli.main import app
+from debias_cli.main import app
 
 runner = CliRunner()
 TINY = ["--image-size", "16", *TINY_ARGS]
@@ -182,8 +182,8 @@ def test_audit_through_the_cli(synth_run: tuple[Path, Path], tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert "Accuracy by group" in result.output and "Label-free slices" in result.output
     report = json.loads((out / "audit.json").read_text())
-    assert report["config"]["groups"] == ["skin_tone", "glasses"]
-    assert report["config"]["reference"] == {"skin_tone": "light"}
+    assert report["config"]["options"]["groups"] == ["skin_tone", "glasses"]
+    assert report["config"]["options"]["reference"] == {"skin_tone": "light"}
     assert report["versions"]["fairlearn"] and report["n"] == 600
     attributes = {row["attribute"] for row in report["by_group"]}
     assert attributes == {"overall", "skin_tone", "glasses", "skin_tone & glasses"}
@@ -250,7 +250,7 @@ def test_outliers_through_the_cli(synth_run: tuple[Path, Path], tmp_path: Path) 
     "args, pattern",
     [
         (["--model", "D", "--data", "D"], "not a debias run folder"),
-        (["--model", "RUN"], "No images given"),
+        (["--model", "RUN"], "No data given"),
         (["--model", "RUN", "--data", "D", "--contamination", "2"], "--contamination 2.0"),
         (["--model", "RUN", "--data", "D", "--combine", "mean"], "--combine 'mean'"),
         (["--model", "RUN", "--data", "D/nope"], "folder not found"),

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from debias import DBVAE, ModelConfig, dbvae_loss, preprocess
-from debias.train import compute_latents
+from debias.encode import encode
 
 CFG = ModelConfig(image_size=16, latent_dim=6, filters=4, hidden=16)
 
@@ -79,11 +79,11 @@ def test_bug4_latent_pass_restores_training_mode() -> None:
     model, _, _ = _batch()
     images = np.random.default_rng(0).integers(0, 256, (10, 3, 16, 16), dtype=np.uint8)
     model.train()
-    compute_latents(model, images, np.arange(10), torch.device("cpu"))
+    encode(model, images, np.arange(10), device=torch.device("cpu"))
     assert model.training
     assert all(m.training for m in model.modules())
     model.eval()
-    compute_latents(model, images, np.arange(10), torch.device("cpu"))
+    encode(model, images, np.arange(10), device=torch.device("cpu"))
     assert not model.training
 
 
@@ -92,10 +92,11 @@ def test_bug5_latents_use_the_training_preprocessing() -> None:
     The latent pass must give exactly what the encoder gives on the training input."""
     model, _, _ = _batch()
     images = np.random.default_rng(1).integers(0, 256, (10, 3, 16, 16), dtype=np.uint8)
-    mu, probs = compute_latents(model, images, np.arange(10), torch.device("cpu"))
+    mu, probs = encode(model, images, np.arange(10), device=torch.device("cpu"))
     model.eval()
-    x = preprocess(torch.from_numpy(images))
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9  # the training input's scale
+    # The training input, computed without preprocess(): uint8 scaled to [0, 1].
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    assert torch.equal(preprocess(torch.from_numpy(images)), x)  # what the training loop feeds
     logits, mu_direct, _ = model.encode(x)
     assert torch.allclose(mu, mu_direct, atol=1e-6)
     assert torch.allclose(probs, torch.softmax(logits, 1), atol=1e-6)

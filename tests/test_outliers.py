@@ -13,8 +13,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from debias import RunError, load_model, train
+from debias.jobs.outliers import OutlierConfig, fit_detector, write_outliers
 from debias.outliers import LatentOutlierDetector, _combine, calibrate, p_values
-from debias.outliers_run import OutlierConfig, fit_detector, run_outliers
 
 
 def test_conformal_threshold_keeps_the_target_false_flag_rate() -> None:
@@ -100,14 +100,37 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
         y = np.r_[np.zeros(len(inlier)), np.ones(len(outlier))]
         auroc = roc_auc_score(y, np.r_[inlier, outlier])
         assert auroc >= floors[name], (name, auroc)
-    table = detector.predict(faces[:10])
+    table = detector.score_table(faces[:10])
     assert list(table.columns) == [
         "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness", "density",
         "combined", "p_value", "is_outlier", "rare_p_value", "is_rare",
     ]  # fmt: skip
     assert (table["is_outlier"] == (table["p_value"] <= 0.05)).all()
+    # pyod's predict: 0/1 labels, 1 = outlier, the same flags as the table's
+    mixed = np.concatenate([faces[:10], scenes[:10]])
+    labels = detector.predict(mixed)
+    assert labels.dtype == np.int64 and set(np.unique(labels)) <= {0, 1}
+    np.testing.assert_array_equal(labels, detector.score_table(mixed)["is_outlier"].astype(int))
+    assert labels[10:].sum() > labels[:10].sum()
     # higher = more anomalous, in pyod's sense
     assert detector.decision_function(scenes).mean() > inlier.mean()
+
+
+def test_detector_fit_holds_out_calibration_faces_and_keeps_the_model_mode(
+    synth_run: tuple[Path, Path],
+) -> None:
+    from debias import load_data, load_model
+
+    data, run = synth_run
+    model, _ = load_model(run)
+    faces = load_data(data, image_size=32).images[:100]
+    model.train()  # as if the caller were still training it
+    detector = LatentOutlierDetector(model, positive=0, calibration_fraction=0.2).fit(faces)
+    assert model.training  # scoring ran in eval mode and gave the mode back
+    assert detector.n_calibration_ == len(detector.decision_scores_) == 20  # fit(X) holds out 20%
+    model.eval()
+    again = LatentOutlierDetector(model, positive=0, calibration_fraction=0.2).fit(faces)
+    np.testing.assert_allclose(detector.decision_scores_, again.decision_scores_)
 
 
 def test_rare_faces_are_rare_not_outliers(synth_run: tuple[Path, Path]) -> None:
@@ -118,7 +141,7 @@ def test_rare_faces_are_rare_not_outliers(synth_run: tuple[Path, Path]) -> None:
 
     faces = samples[(samples.label == "face")]
     images, _ = decode_images(faces["path"].tolist(), 32)
-    table = detector.predict(images)
+    table = detector.score_table(images)
     dark = (faces["skin_tone"] == "dark").to_numpy()
     # Dark-skinned faces are the rare kind: the rarity score ranks them above light ones, and
     # they are flagged rare at least as often. (The flag itself, a 5% cut calibrated on 60
@@ -148,7 +171,7 @@ def test_outliers_cli_job_streams_and_reports_unreadable(
     (incoming / "notes.txt").write_text("not an image, not scored")
     pd.DataFrame(rows, columns=["path", "type"]).to_csv(tmp_path / "incoming" / "eval.csv")
     out = tmp_path / "o" / "outliers.csv"
-    report = run_outliers(
+    report = write_outliers(
         OutlierConfig(
             model=str(run),
             data=str(tmp_path / "incoming"),
@@ -227,7 +250,7 @@ def test_calibrating_on_faces_like_the_screened_ones(
     faces.iloc[:200].to_csv(tmp_path / "pop" / "calibration.csv", index=False)
     faces.iloc[200:].to_csv(tmp_path / "pop" / "screen.csv", index=False)
     out = tmp_path / "o" / "outliers.csv"
-    report = run_outliers(
+    report = write_outliers(
         OutlierConfig(
             model=str(run),
             labels=str(tmp_path / "pop" / "screen.csv"),
@@ -259,3 +282,24 @@ def test_calibrating_on_faces_like_the_screened_ones(
     (broken / "a.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match=r"1 calibration image\(s\) cannot be read"):
         fit_detector(run, dataclasses.replace(few, calibration=str(broken)))
+
+
+def test_evaluation_does_not_read_a_docstring(tmp_path: Path, monkeypatch) -> None:
+    # python -OO strips docstrings; the evaluation's convention text must not come from one.
+    from types import SimpleNamespace
+
+    from debias.jobs import outliers as job
+
+    monkeypatch.setattr(job.evaluate, "__doc__", None)
+    table = pd.DataFrame(
+        {
+            "path": [str((tmp_path / n).resolve()) for n in ("a.png", "b.png", "c.png", "d.png")],
+            "combined": [0.1, 0.2, 5.0, 6.0],
+            "is_outlier": [False, False, True, True],
+        }
+    )
+    labels = tmp_path / "types.csv"
+    labels.write_text("path,type\na.png,inlier\nb.png,inlier\nc.png,noise\nd.png,noise\n")
+    result = job.evaluate(table, labels, SimpleNamespace(contamination=0.05), ["inlier"])
+    assert result["convention"] == job.EVALUATION_CONVENTION
+    assert result["types"]["noise"]["auroc"] == 1.0 and result["false_flag_rate"] == 0.0

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from debias import ConfigError, DataError, RunError
-from debias.audit import AuditConfig
-from debias.audit_run import run_audit
+from debias.fairness.audit import AuditOptions
+from debias.jobs.audit import AuditConfig, write_audit
 from debias.predict import load_classifier, read_predictions_csv
-from debias.run import load_model
+from debias.runfolder import load_model
 
 
 def test_csv_with_aequitas_names_and_a_threshold(tmp_path: Path) -> None:
@@ -62,7 +62,13 @@ def test_all_empty_group_column_is_an_error(tmp_path: Path) -> None:
     csv = tmp_path / "preds.csv"
     csv.write_text("y_true,y_pred,race,gender\n1,1,a,\n0,0,b,\n")
     with pytest.raises(DataError, match="group column 'gender' is empty in every row"):
-        run_audit(AuditConfig(predictions=str(csv), groups=["race", "gender"], out=str(tmp_path)))
+        write_audit(
+            AuditConfig(
+                predictions=str(csv),
+                options=AuditOptions(groups=["race", "gender"]),
+                out=str(tmp_path),
+            )
+        )
 
 
 class _Boom:
@@ -132,15 +138,20 @@ def test_external_model_gives_the_same_audit_as_its_run(
     data, run = synth_run
     path = tmp_path / name
     _export(run, path, kind)
-    ours = run_audit(
-        AuditConfig(model=str(run), data=str(data), bootstrap=0, out=str(tmp_path / "a"))
+    ours = write_audit(
+        AuditConfig(
+            model=str(run),
+            data=str(data),
+            options=AuditOptions(bootstrap=0),
+            out=str(tmp_path / "a"),
+        )
     )
-    theirs = run_audit(
+    theirs = write_audit(
         AuditConfig(
             model=str(path),
             data=str(data),
             image_size=32,
-            bootstrap=0,
+            options=AuditOptions(bootstrap=0),
             embed_with=str(run),
             out=str(tmp_path / "b"),
         )
@@ -163,7 +174,7 @@ def test_model_with_wrong_number_of_outputs_names_the_fix(
     module(torch.zeros(1, 3, 32, 32))
     torch.jit.save(torch.jit.trace(module.eval(), torch.zeros(2, 3, 32, 32)), str(path))
     with pytest.raises(RunError, match="expected .N, 2. for classes face, not_face.*--classes"):
-        run_audit(
+        write_audit(
             AuditConfig(model=str(path), data=str(data), image_size=32, out=str(tmp_path / "o"))
         )
 
@@ -172,8 +183,8 @@ def test_predictions_csv_written_by_an_audit_audits_the_same(
     synth_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
     data, run = synth_run
-    first = run_audit(AuditConfig(model=str(run), data=str(data), out=str(tmp_path / "a")))
-    again = run_audit(
+    first = write_audit(AuditConfig(model=str(run), data=str(data), out=str(tmp_path / "a")))
+    again = write_audit(
         AuditConfig(predictions=str(tmp_path / "a" / "predictions.csv"), out=str(tmp_path / "b"))
     )
     cols = ["attribute", "group", "metric", "class", "value", "ci_low", "ci_high"]
@@ -187,13 +198,13 @@ def test_audit_of_one_class_and_a_missing_partition(
     labels = pd.read_csv(data / "labels.csv", keep_default_na=False)
     faces = labels[labels["label"] == "face"]
     faces.to_csv(data / "faces_only.csv", index=False)
-    report = run_audit(
+    report = write_audit(
         AuditConfig(model=str(run), labels=str(data / "faces_only.csv"), out=str(tmp_path / "a"))
     )
     assert report.result.n == len(faces)
     assert report.result.pos_label == "face"  # the model's classes, not just the data's
     with pytest.raises(ConfigError, match="has no train/val/test partition"):
-        run_audit(
+        write_audit(
             AuditConfig(model=str(run), data=str(data), split="test", out=str(tmp_path / "b"))
         )
 
@@ -202,12 +213,12 @@ def test_audit_of_a_partition_says_when_it_includes_training_images(
     synth_run: tuple[Path, Path], split_class_folders: Path, tmp_path: Path
 ) -> None:
     _, run = synth_run
-    every = run_audit(
+    every = write_audit(
         AuditConfig(model=str(run), data=str(split_class_folders), out=str(tmp_path / "a"))
     )
     assert every.result.n == 40
     assert any("pass --split test" in note for note in every.notes)
-    held_out = run_audit(
+    held_out = write_audit(
         AuditConfig(
             model=str(run), data=str(split_class_folders), split="test", out=str(tmp_path / "b")
         )

@@ -11,10 +11,9 @@ import pytest
 from conftest import tiny_config
 
 from debias import ModelConfig, train
-from debias.audit import AuditConfig
-from debias.audit_run import run_audit
-from debias.outliers_run import OutlierConfig, run_outliers
-from debias.report import ReportConfig, build_report
+from debias.jobs.audit import AuditConfig, write_audit
+from debias.jobs.outliers import OutlierConfig, write_outliers
+from debias.jobs.report import ReportConfig, write_report
 
 EVIL = "<script>alert(1)</script>"
 
@@ -37,10 +36,10 @@ def report_inputs(tmp_path_factory: pytest.TempPathFactory, synth_run) -> dict[s
     labels = pd.read_csv(data / "labels.csv", keep_default_na=False)
     labels["glasses"] = labels["glasses"].replace({"yes": EVIL})  # a group name from user data
     labels.to_csv(data / "evil.csv", index=False)
-    audit = run_audit(
+    audit = write_audit(
         AuditConfig(model=str(run), labels=str(data / "evil.csv"), out=str(root / "audit"))
     )
-    outliers = run_outliers(
+    outliers = write_outliers(
         OutlierConfig(model=str(run), data=str(data / "not_face"), out=str(root / "o.csv"))
     )
     return {"run": run, "baseline": baseline, "audit": audit.out, "outliers": outliers.csv,
@@ -49,7 +48,7 @@ def report_inputs(tmp_path_factory: pytest.TempPathFactory, synth_run) -> dict[s
 
 @pytest.fixture(scope="module")
 def report_html(report_inputs: dict[str, Path]) -> Path:
-    return build_report(
+    return write_report(
         ReportConfig(
             run=str(report_inputs["run"]),
             baseline=str(report_inputs["baseline"]),

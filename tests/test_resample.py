@@ -65,10 +65,17 @@ def test_product_rule_matches_direct_formula() -> None:
 def test_effective_sample_size() -> None:
     assert effective_sample_size(torch.ones(50)) == pytest.approx(50)
     assert effective_sample_size(torch.tensor([1.0, 0, 0, 0])) == pytest.approx(1)
+    assert effective_sample_size(torch.tensor([1.0, 1.0, 2.0])) == pytest.approx(16 / 6)
     mu, y = _planted()
     h = LatentHistogram().fit(mu, y)
-    assert h.ess_ == pytest.approx(effective_sample_size(h.weights_))
-    assert set(h.ess_by_class_) == {0, 1}
+    # Kish's formula computed independently, on the fitted weights and per class
+    w, labels = h.weights_.numpy(), y.numpy()
+    assert h.ess_ == pytest.approx(w.sum() ** 2 / np.square(w).sum(), rel=1e-9)
+    assert 1 < h.ess_ < len(w)  # the planted rare cluster makes the weights non-uniform
+    for c in (0, 1):
+        wc = w[labels == c]
+        expected = wc.sum() ** 2 / np.square(wc).sum() / len(wc)
+        assert h.ess_by_class_[c] == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("combine", ["product", "max"])

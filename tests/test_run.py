@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from debias import RunError
-from debias.run import atomic_write, load_checkpoint, save_checkpoint, write_csv
+from debias.files import atomic_write, write_csv
+from debias.runfolder import load_checkpoint, save_checkpoint
 
 
 class _Payload:

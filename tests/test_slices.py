@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from debias.audit import AuditConfig
-from debias.audit_run import run_audit
+from debias.fairness.audit import AuditOptions
+from debias.jobs.audit import AuditConfig, write_audit
 from debias.slices import _composition, density_deciles, find_slices
 
 
 def test_planted_subgroup_is_the_top_slice(synth_run: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = synth_run
-    honest = run_audit(AuditConfig(model=str(run), data=str(data), out=str(tmp_path / "a")))
+    honest = write_audit(AuditConfig(model=str(run), data=str(data), out=str(tmp_path / "a")))
     # Plant a classifier that is wrong on every dark-skinned face, right elsewhere as before.
     planted = honest.predictions.copy()
     dark = (planted["skin_tone"] == "dark").to_numpy()
@@ -23,9 +23,12 @@ def test_planted_subgroup_is_the_top_slice(synth_run: tuple[Path, Path], tmp_pat
     planted["secret"] = np.where(dark, "dark", "other")
     csv = data / "planted.csv"
     planted.to_csv(csv, index=False)
-    report = run_audit(
+    report = write_audit(
         AuditConfig(
-            predictions=str(csv), groups=["secret"], embed_with=str(run), out=str(tmp_path / "b")
+            predictions=str(csv),
+            options=AuditOptions(groups=["secret"]),
+            embed_with=str(run),
+            out=str(tmp_path / "b"),
         )
     )
     # The group audit flags it ...

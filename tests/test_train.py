@@ -25,15 +25,16 @@ from debias import (
     TrainConfig,
     load_model,
     resume,
+    runfolder,
     train,
     write_synthetic,
 )
-from debias import run as runio
 from debias.data import load_data
 from debias.device import select_device
+from debias.encode import encode
 from debias.model import preprocess
-from debias.run import load_checkpoint
-from debias.train import compute_latents, group_balanced_weights
+from debias.runfolder import load_checkpoint
+from debias.weighting import group_balanced_weights
 
 
 def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None:
@@ -71,9 +72,9 @@ def test_run_folder_is_self_describing(labels_dir: Path, tmp_path: Path) -> None
     assert {"path", "label", "skin", "age"} <= set(samples.columns)
 
     # The saved density scores images like the class-free histogram of the training latents.
-    density = runio.load_density(out)
+    density = runfolder.load_density(out)
     model = load_model(out)[0]
-    mu, _ = compute_latents(model, result.data.images, np.arange(48), torch.device("cpu"))
+    mu, _ = encode(model, result.data.images, np.arange(48), device=torch.device("cpu"))
     train_mask = (samples["split"] == "train").to_numpy()
     refit = LatentHistogram(bins=10, alpha=1e-3).fit(mu[torch.tensor(train_mask)])
     zeros = torch.zeros(48, dtype=torch.long)
@@ -129,10 +130,30 @@ def test_partition_without_validation_folder(split_class_folders: Path, tmp_path
     }
 
 
-def test_vae_models_faces_only_for_detection(class_folders: Path, tmp_path: Path) -> None:
-    train(tiny_config(data=str(class_folders), out=str(tmp_path / "r"), epochs=1))
+def test_vae_models_faces_only_for_detection(
+    class_folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import debias.training as training
+
+    seen = []  # (classes, VAE mask, reconstruction error) of every training batch
+
+    def spy(out, x, y, vae_mask, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        loss = real(out, x, y, vae_mask, **kwargs)
+        seen.append((y.clone(), vae_mask.clone(), loss.reconstruction.detach().clone()))
+        return loss
+
+    real = training.dbvae_loss
+    monkeypatch.setattr(training, "dbvae_loss", spy)
+    result = train(tiny_config(data=str(class_folders), out=str(tmp_path / "r"), epochs=1))
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["data"]["positive_class"] == "face"
+    face = result.data.classes.index("face")
+    y = torch.cat([s[0] for s in seen])
+    mask = torch.cat([s[1] for s in seen])
+    recon = torch.cat([s[2] for s in seen])
+    assert 0 < (y == face).sum() < len(y)  # both classes were trained on
+    assert torch.equal(mask, (y == face).float())  # the VAE loss covers faces only
+    assert (recon[y != face] == 0).all() and (recon[y == face] > 0).all()  # only faces decoded
 
 
 def test_vae_on_positive_needs_a_positive_class(labels_dir: Path, tmp_path: Path) -> None:
@@ -325,6 +346,14 @@ def test_oracle_run_reads_the_group_column(labels_dir: Path, tmp_path: Path) -> 
         )
     )
     assert result.metrics[0]["resampled"] and result.metrics[0]["ess_fraction"] < 1
+    # samples.csv holds the weights the epoch drew by: each skin tone weighs the same per class
+    samples = pd.read_csv(tmp_path / "o" / "samples.csv")
+    train_rows = samples[samples["split"] == "train"]
+    cells = train_rows.groupby(["label", "skin"])["sampling_weight"].sum()
+    assert len(cells["a"]) == 2  # class a holds both skin tones (the rare dark ones too)
+    for label in ("a", "b"):
+        assert cells[label].to_numpy() == pytest.approx(cells[label].iloc[0])
+        assert cells[label].sum() == pytest.approx((train_rows["label"] == label).mean())
     with pytest.raises(DataError, match=r"--groups 'tone' is not a column"):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "p"), balance_groups=["tone"]))
 
@@ -343,15 +372,34 @@ def test_classes_the_vae_does_not_model_are_sampled_uniformly(
     assert faces.sum() == pytest.approx(len(faces) / len(rows))
 
 
+def test_samples_csv_records_the_weights_the_last_epoch_drew_by(
+    labels_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import debias.training as training
+
+    drawn = []
+    real = training.draw_epoch
+
+    def spy(weights, train_idx, n, generator):  # noqa: ANN001, ANN202
+        drawn.append(weights.clone())
+        return real(weights, train_idx, n, generator)
+
+    monkeypatch.setattr(training, "draw_epoch", spy)
+    out = tmp_path / "run"
+    train(tiny_config(data=str(labels_dir), out=str(out), epochs=3))
+    samples = pd.read_csv(out / "samples.csv")
+    recorded = samples.loc[samples["split"] == "train", "sampling_weight"].to_numpy()
+    assert len(drawn) == 3 and not torch.allclose(drawn[-1], drawn[-2])  # weights change
+    np.testing.assert_allclose(recorded, drawn[-1].double().numpy(), rtol=1e-6)
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(
     labels_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dataclasses
-    import importlib
 
+    import debias.training as training
     from debias import DebiasError
-
-    training = importlib.import_module("debias.train")  # the module; debias.train is the function
 
     real, calls = training.dbvae_loss, {"n": 0}
     steps_per_epoch = 3  # 38 training images in batches of 16

@@ -120,7 +120,7 @@ def read_manifest(
         frame, skipped = layouts.read_labels_csv(csv_path, target)
         return Manifest(frame, "labels-csv", str(csv_path), skipped)
     if data is None:
-        raise errors.ConfigError("No data given. Pass --data FOLDER or --labels FILE.")
+        raise errors.ConfigError(errors.NO_DATA)
     root = Path(data)
     if not root.exists():
         raise errors.DataError(errors.NO_SUCH_DIR.format(path=root, option="--data"))

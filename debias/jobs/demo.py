@@ -1,10 +1,9 @@
 """``debias demo``: the whole pipeline on synthetic faces, with nothing to download.
 
 Draws a skewed training set (10% dark-skinned faces) and a held-out test set, trains the plain
-classifier and the DB-VAE, audits the DB-VAE on the test set (the report audits the baseline the
-same way), scores a folder of incoming images mixing faces with non-faces, noise and flat images,
-and writes the report. Every step writes into ``out`` and can be rerun alone with the commands the
-README shows.
+classifier and the DB-VAE, audits both on the test set, scores a folder of incoming images
+mixing faces with non-faces, noise and flat images, and writes the report. Every step writes
+into ``out`` and can be rerun alone with the commands the README shows.
 """
 
 from __future__ import annotations
@@ -15,13 +14,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from debias.audit import AuditConfig
-from debias.audit_run import run_audit
 from debias.config import TrainConfig
 from debias.data import write_synthetic
-from debias.outliers_run import OutlierConfig, run_outliers
-from debias.report import ReportConfig, build_report
-from debias.train import Listener, SilentListener, train
+from debias.jobs.audit import AuditConfig, write_audit
+from debias.jobs.outliers import OutlierConfig, write_outliers
+from debias.jobs.report import ReportConfig, write_report
+from debias.progress import Listener, SilentListener
+from debias.training import train
 
 
 def _incoming(test: Path, folder: Path, seed: int) -> Path:
@@ -49,7 +48,7 @@ def _incoming(test: Path, folder: Path, seed: int) -> Path:
     return eval_csv
 
 
-def run_demo(
+def write_demo(
     out: str | Path = "reports/demo",
     *,
     epochs: int = 10,
@@ -102,18 +101,21 @@ def run_demo(
             ),
             listener=listener,
         )
-    say("4/6 Auditing the DB-VAE on the held-out faces (the report audits the baseline too)")
-    audit = run_audit(
-        AuditConfig(
-            model=str(runs["dbvae"]),
-            data=str(data / "test"),
-            device=device,
-            out=str(out / "audit"),
-        ),
-        listener=listener,
-    )
+    say("4/6 Auditing both models on the held-out faces")
+    audits = {
+        name: write_audit(
+            AuditConfig(
+                model=str(runs[name]),
+                data=str(data / "test"),
+                device=device,
+                out=str(out / ("audit" if name == "dbvae" else "baseline-audit")),
+            ),
+            listener=listener,
+        )
+        for name in ("dbvae", "baseline")
+    }
     say("5/6 Screening incoming images for outliers")
-    outliers = run_outliers(
+    outliers = write_outliers(
         OutlierConfig(
             model=str(runs["dbvae"]),
             data=str(data / "incoming"),
@@ -127,9 +129,10 @@ def run_demo(
     config = ReportConfig(
         run=str(runs["dbvae"]),
         baseline=str(runs["baseline"]),
-        audit=str(audit.out),
+        audit=str(audits["dbvae"].out),
+        baseline_audit=str(audits["baseline"].out),
         outliers=str(outliers.csv),
         name="demo",
         out=str(out / "report"),
     )
-    return build_report(config)
+    return write_report(config, listener=listener)

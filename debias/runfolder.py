@@ -1,10 +1,11 @@
-"""The run folder: the one interface between training, audit, outliers and report.
+"""The run folder: its file names and how to read them — the interface between the jobs.
 
 A run folder holds ``config.json`` (model + train config + package version + data facts),
 ``checkpoint.pt`` (weights, optimiser and RNG state), ``metrics.jsonl`` (one line per epoch),
 ``samples.csv`` (per image: label, groups, latent density, sampling weight), ``density.pt`` (the
 latent histogram of the training faces, for audits and outlier scores) and ``skipped.csv``.
-Every write is atomic (temp file + rename), and checkpoints load with ``weights_only=True``.
+Files are written atomically through :mod:`debias.files`; checkpoints load with
+``weights_only=True``; ``samples.csv`` is read here and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pandas as pd
 import torch
 
 from debias import errors
 from debias.config import TrainConfig
+from debias.files import atomic_write
 from debias.model import DBVAE
 from debias.resample import LatentHistogram
 
@@ -32,60 +32,7 @@ SAMPLES = "samples.csv"
 SKIPPED = "skipped.csv"
 CACHE = "cache.npy"
 DENSITY = "density.pt"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-# Cells starting with these are formulas to a spreadsheet; prefixing a quote makes them text.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through ``write(fh)`` into a temp file beside it, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON atomically."""
-    atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, default=str).encode()))
-
-
-def _neutralize(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
-def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
-    """Write a CSV atomically, with text cells that a spreadsheet would run as formulas quoted."""
-    safe = frame.copy()
-    for column in safe.columns:
-        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
-            safe[column] = safe[column].map(_neutralize)
-    atomic_write(path, lambda fh: safe.to_csv(fh, index=False))
-
-
-def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda fh: fh.write(text.encode()))
+NUMERIC_SAMPLE_COLUMNS = ("latent_log_density", "sampling_weight")
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -120,6 +67,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:200]
         raise errors.RunError(errors.UNSAFE_CHECKPOINT.format(path=path, reason=reason)) from None
+
+
+def read_samples(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Return a run's ``samples.csv``: empty cells stay empty strings, numbers are numbers.
+
+    Group columns keep "" for a missing value (as the manifest writes them); the numeric columns
+    (``latent_log_density``, ``sampling_weight``) are floats with NaN where they have no value.
+
+    Raises
+    ------
+    RunError
+        When the run has no ``samples.csv`` (it was stopped before training finished).
+    """
+    path = Path(run_dir) / SAMPLES
+    if not path.is_file():
+        raise errors.RunError(errors.RUN_MISSING.format(path=run_dir, missing=SAMPLES))
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    for column in NUMERIC_SAMPLE_COLUMNS:
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
 
 
 def load_density(run_dir: str | os.PathLike[str]) -> LatentHistogram | None:

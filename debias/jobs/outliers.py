@@ -17,21 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import debias
-from debias import errors
-from debias import run as runio
+from debias import errors, files, runfolder
 from debias.config import check_option
 from debias.data import decode_images
 from debias.data.layouts import image_files, read_csv_table, relative_paths, with_path_column
 from debias.device import select_device
-from debias.outliers import LatentOutlierDetector
-from debias.train import Listener, SilentListener
+from debias.outliers import LatentOutlierDetector, PValueCombine
+from debias.progress import Listener, SilentListener
 
 # Inlier rows of an evaluation CSV carry one of these (or the run's positive class, e.g. face).
 INLIER_VALUES = ("inlier", "normal", "in")
@@ -96,7 +95,7 @@ class OutlierConfig:
     contamination: float = 0.05  # flag 1 in 20 inliers: a review queue, not an alarm
     rare_fraction: float = 0.05
     # min: each corruption type tends to show in one component; benchmarks/RESULTS.md compares
-    combine: Literal["fisher", "min"] = "min"
+    combine: PValueCombine = "min"
     chunk_size: int = 2048
     device: str = "auto"
     out: str | None = None
@@ -105,7 +104,7 @@ class OutlierConfig:
     def validate(self) -> None:
         """Raise ConfigError on an out-of-range option or missing input."""
         if self.data is None and self.labels is None:
-            raise errors.ConfigError("No images given. Pass --data FOLDER or --labels FILE.")
+            raise errors.ConfigError(errors.NO_DATA)
         checks = (
             ("contamination", 0 < self.contamination < 1, "use a rate such as 0.05"),
             ("rare-fraction", 0 < self.rare_fraction < 1, "use a rate such as 0.05"),
@@ -119,7 +118,7 @@ class OutlierConfig:
 
 @dataclass
 class OutlierReport:
-    """What :func:`run_outliers` returns: the scored table, the detector and the evaluation."""
+    """What :func:`write_outliers` returns: the scored table, the detector and the evaluation."""
 
     csv: Path
     table: pd.DataFrame
@@ -145,22 +144,19 @@ def fit_detector(
     """
     listener = listener or SilentListener()
     calibration_paths = _calibration_paths(config) if config.calibration else []
-    model, run_config = runio.load_model(run_dir)
+    model, run_config = runfolder.load_model(run_dir)
     device = select_device(config.device)
     model = model.to(device)
     classes = run_config["data"]["classes"]
     positive_name = run_config["data"].get("positive_class")
     positive = classes.index(positive_name) if positive_name in classes else None
-    samples = pd.read_csv(Path(run_dir) / runio.SAMPLES, keep_default_na=False)
+    samples = runfolder.read_samples(run_dir)
     if positive_name is not None:
         samples = samples[samples["label"] == positive_name]
     train_paths = samples.loc[samples["split"] == "train", "path"].tolist()
     val_paths = samples.loc[samples["split"] == "val", "path"].tolist()
     if config.calibration is None and not val_paths:
-        raise errors.RunError(
-            f"{run_dir}: the run has no validation faces to calibrate on. "
-            "Train it with --val-fraction above 0 (the default is 0.1)."
-        )
+        raise errors.RunError(errors.NO_VALIDATION_FACES.format(path=run_dir))
     rng = np.random.default_rng(0)
     if len(train_paths) > MAX_TRAIN_IMAGES:
         keep = np.sort(rng.choice(len(train_paths), MAX_TRAIN_IMAGES, replace=False))
@@ -179,9 +175,10 @@ def fit_detector(
         rare_fraction=config.rare_fraction,
         combine=config.combine,
         positive=positive,
+        density=runfolder.load_density(run_dir),
         device=device,
     )
-    return detector.fit(train_images, val_images, on_advance=listener.advance)
+    return detector.fit(train_images, calibration=val_images, on_advance=listener.advance)
 
 
 def _decode_every(
@@ -203,8 +200,7 @@ def _decode_run_images(
         size,
         listener,
         lambda count, first: errors.RunError(
-            f"{run_dir}: {count} of the run's own images cannot be read any more (first: "
-            f"{first}). Put the training data back where it was."
+            errors.RUN_IMAGES_GONE.format(path=run_dir, count=count, first=first)
         ),
     )
 
@@ -224,17 +220,16 @@ def _calibration_images(
         size,
         listener,
         lambda count, first: errors.DataError(
-            f"{source}: {count} calibration image(s) cannot be read (first: {first}). Remove "
-            "or replace them: every calibration image must be a face like the ones you screen."
+            errors.CALIBRATION_UNREADABLE.format(path=source, count=count, first=first)
         ),
     )
     # p = (1 + #{calibration >= s}) / (n + 1) can only reach the target with n + 1 >= 1 / target
     needed = int(np.ceil(1.0 / config.contamination)) - 1
     if len(images) < needed:
         raise errors.DataError(
-            f"{source}: {len(images)} calibration images cannot flag as few as "
-            f"{config.contamination:g} of inliers. Give at least {needed} (a few hundred or more "
-            "for a steady rate)."
+            errors.TOO_FEW_CALIBRATION.format(
+                path=source, n=len(images), rate=config.contamination, needed=needed
+            )
         )
     return images
 
@@ -257,13 +252,11 @@ def _folder(root: Path, option: str) -> list[str]:
         raise errors.DataError(errors.NO_SUCH_DIR.format(path=root, option=option))
     paths = image_files(root)
     if not paths:
-        raise errors.DataError(
-            f"{root}: no image files found. Point {option} at a folder of images (any depth)."
-        )
+        raise errors.DataError(errors.NO_IMAGE_FILES.format(path=root, option=option))
     return paths
 
 
-def run_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> OutlierReport:
+def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> OutlierReport:
     """Score every image of ``config.data`` against the run ``config.model`` and write the files.
 
     Parameters
@@ -278,7 +271,7 @@ def run_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> 
     """
     listener = listener or SilentListener()
     config.validate()
-    runio.read_config(config.model)  # a run folder, before any work
+    runfolder.read_config(config.model)  # a run folder, before any work
     paths = _inputs(config)
     detector = fit_detector(config.model, config, listener)
     config = dataclasses.replace(config, components=list(detector.components_))
@@ -290,7 +283,7 @@ def run_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> 
         chunk = paths[start : start + config.chunk_size]
         images, failures = decode_images(chunk, size)
         ok = np.setdiff1d(np.arange(len(chunk)), np.fromiter(failures, dtype=np.int64))
-        part = detector.predict(images[ok])
+        part = detector.score_table(images[ok])
         part.insert(0, "path", [chunk[i] for i in ok])
         part["reason"] = ""
         bad = pd.DataFrame(
@@ -307,21 +300,31 @@ def run_outliers(config: OutlierConfig, *, listener: Listener | None = None) -> 
 
     evaluation = None
     if config.eval_labels is not None:
-        positive = runio.read_config(config.model)["data"].get("positive_class")
+        positive = runfolder.read_config(config.model)["data"].get("positive_class")
         inliers = [*INLIER_VALUES, *([positive] if positive else [])]
         evaluation = evaluate(table, config.eval_labels, detector, inliers)
     csv = Path(
         config.out or Path("reports") / datetime.now().strftime("outliers-%Y%m%d-%H%M%S.csv")
     )
     csv.parent.mkdir(parents=True, exist_ok=True)
-    runio.write_csv(csv, table)
-    runio.write_json(csv.with_suffix(".json"), _summary(config, detector, table, evaluation))
+    files.write_csv(csv, table)
+    files.write_json(csv.with_suffix(".json"), _summary(config, detector, table, evaluation))
     return OutlierReport(csv, table, detector, evaluation, _calibrated_on(config, detector))
 
 
 def _calibrated_on(config: OutlierConfig, detector: LatentOutlierDetector) -> str:
     source = config.calibration or "the run's validation faces"
     return f"{detector.n_calibration_} faces ({source})"
+
+
+# Written into outliers.json beside the evaluation it describes.
+EVALUATION_CONVENTION = (
+    "Outliers are the positive class and the combined score ranks them (higher = more "
+    "anomalous). flagged_at_threshold is the share flagged at the calibrated threshold (for "
+    "inliers: the realised false-flag rate); missed_at_95_kept is the share of outliers that "
+    "pass when the threshold keeps 95% of the inliers (FPR95 with inliers as positives). "
+    "Unreadable files count as flagged and are left out of the AUROC."
+)
 
 
 def evaluate(
@@ -332,11 +335,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """AUROC, AUPR and rates per outlier type, from a CSV of ``path`` and ``type``/``label``.
 
-    Convention: outliers are the positive class and the combined score ranks them (higher = more
-    anomalous). ``flagged_at_threshold`` is the share flagged at the calibrated threshold (for
-    inliers: the realised false-flag rate); ``missed_at_95_kept`` is the share of outliers that
-    pass when the threshold keeps 95% of the inliers (FPR95 with inliers as positives).
-    Unreadable files count as flagged and are left out of the AUROC.
+    The result's ``convention`` says how to read it (:data:`EVALUATION_CONVENTION`).
     """
     csv = Path(eval_labels)
     labels = with_path_column(read_csv_table(csv), csv)
@@ -355,7 +354,7 @@ def evaluate(
     inlier = kind.isin(inlier_values)
     scored = table["combined"].notna() & kind.notna()
     result: dict[str, Any] = {
-        "convention": evaluate.__doc__.split("\n\n")[1].strip().replace("\n    ", " "),
+        "convention": EVALUATION_CONVENTION,
         "n_inliers": int((inlier & scored).sum()),
         "unlabelled": int(kind.isna().sum()),
         "false_flag_rate": float(table.loc[inlier, "is_outlier"].mean()),
@@ -383,7 +382,7 @@ def evaluate(
 def model_hash(run_dir: str | Path) -> str:
     """SHA-256 of the run's checkpoint: which weights produced the scores."""
     digest = hashlib.sha256()
-    with open(Path(run_dir) / runio.CHECKPOINT, "rb") as fh:
+    with open(Path(run_dir) / runfolder.CHECKPOINT, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,13 @@ import pandas as pd
 import torch
 
 import debias
-from debias import errors
-from debias import run as runio
-from debias.audit import AuditConfig, AuditResult, audit
+from debias import errors, files, runfolder
+from debias.config import check_option
 from debias.data import decode_images, load_data
 from debias.data.manifest import check_groups, suitable_groups
 from debias.device import select_device
+from debias.encode import encode
+from debias.fairness.audit import AuditOptions, AuditResult, audit
 from debias.predict import (
     is_attribute,
     load_classifier,
@@ -38,16 +39,99 @@ from debias.predict import (
     predictions_table,
     read_predictions_csv,
 )
-from debias.resample import LatentHistogram
+from debias.progress import Listener, SilentListener
 from debias.slices import density_deciles, find_slices, slice_table
-from debias.train import Listener, SilentListener, compute_latents
 
 DEFAULT_IMAGE_SIZE = 64
 
 
 @dataclass
+class AuditConfig:
+    """The inputs of the ``debias audit`` job; saved in ``audit.json`` with its results.
+
+    Attributes
+    ----------
+    model : str or None
+        What to audit: a debias run folder, a TorchScript file or an ONNX file (with ``data``) ...
+    predictions : str or None
+        ... or a CSV of predictions already made (``y_true``, ``y_pred`` or ``score``, groups).
+    data, labels, target : str or None
+        The audited images and their labels and groups, in any layout ``debias train`` reads.
+    split : str or None
+        Audit only this split of a data set with a partition (CelebA: ``test``).
+    image_size : int or None
+        Input side of an external model (default: what the file says, else 64).
+    mean, std : list of float or None
+        Per-channel input normalisation of an external model (default 0 and 1).
+    classes : list of str or None
+        An external model's class names in output order (default: the data's, sorted).
+    embed_with : str or None
+        A DB-VAE run whose encoder embeds the images for label-free slices (default: ``model``
+        when it is a run).
+    threshold : float
+        Decision threshold on a predictions CSV's ``score``.
+    device : str
+        Where models run: auto, cpu, cuda, mps.
+    out : str or None
+        Output folder (default ``reports/audit-<date-time>``).
+    options : AuditOptions
+        How the statistics are computed (groups, intervals, the four-fifths rule, slices).
+    """
+
+    model: str | None = None
+    predictions: str | None = None
+    data: str | None = None
+    labels: str | None = None
+    target: str | None = None
+    split: str | None = None
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    classes: list[str] | None = None
+    embed_with: str | None = None
+    threshold: float = 0.5
+    device: str = "auto"
+    out: str | None = None
+    options: AuditOptions = field(default_factory=AuditOptions)
+
+    def validate(self) -> None:
+        """Raise ConfigError on an out-of-range option."""
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
+                raise errors.ConfigError(
+                    errors.BAD_OPTION.format(
+                        option=name,
+                        value=",".join(map(str, value)),
+                        problem="needs three numbers (R,G,B)"
+                        + (", all > 0" if name == "std" else ""),
+                        fix="Use e.g. 0.485,0.456,0.406 and 0.229,0.224,0.225.",
+                    )
+                )
+        check_option(
+            self.image_size is None or self.image_size >= 8,
+            "image-size",
+            self.image_size,
+            "out of range",
+            "Use 8 or more",
+        )
+        self.options.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the inputs and options as plain JSON values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AuditConfig:
+        """Rebuild from :meth:`to_dict` output (``audit.json``'s ``config``)."""
+        d = dict(d)
+        options = AuditOptions(**d.pop("options", {}))
+        return cls(**d, options=options)
+
+
+@dataclass
 class AuditReport:
-    """What :func:`run_audit` returns and writes.
+    """What :func:`write_audit` returns and writes.
 
     Attributes
     ----------
@@ -70,7 +154,7 @@ class AuditReport:
     notes: list[str]
 
 
-def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> AuditReport:
+def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> AuditReport:
     """Audit a classifier or a predictions CSV and write the results to ``config.out``.
 
     Parameters
@@ -103,11 +187,11 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
         table = read_predictions_csv(
             config.predictions,
             threshold=config.threshold,
-            pos_label=config.pos_label,
+            pos_label=config.options.pos_label,
             classes=config.classes,
         )
         candidates = [c for c in table.columns if is_attribute(c)]
-        groups = _groups(table, config.groups, candidates, source)
+        groups = _groups(table, config.options.groups, candidates, source)
         classes = sorted(set(table["y_true"]) | set(table["y_pred"]) | set(config.classes or []))
     else:
         source = config.model
@@ -122,7 +206,7 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
             config.data,
             labels=config.labels,
             target=config.target,
-            groups=config.groups or None,
+            groups=config.options.groups or None,
             image_size=size,
             splits=[config.split] if config.split else None,
             min_classes=1,
@@ -156,8 +240,9 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
         images = data.images
         skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
 
-    config = dataclasses.replace(config, groups=groups, out=str(out))
-    result = audit(table["y_true"], table["y_pred"], table[groups], config, classes=classes)
+    options = dataclasses.replace(config.options, groups=groups)
+    config = dataclasses.replace(config, options=options, out=str(out))
+    result = audit(table["y_true"], table["y_pred"], table[groups], options, classes=classes)
 
     slices = pd.DataFrame()
     embedder = config.embed_with or (
@@ -174,7 +259,7 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
 
     out.mkdir(parents=True, exist_ok=True)
     if config.predictions is None:
-        runio.write_csv(out / "skipped.csv", skipped)
+        files.write_csv(out / "skipped.csv", skipped)
     slices = _with_examples(out, slices, table, images)
     _write(out, config, result, slices, table, notes)
     return AuditReport(out, result, slices, table, notes)
@@ -182,16 +267,11 @@ def run_audit(config: AuditConfig, *, listener: Listener | None = None) -> Audit
 
 def _check_inputs(config: AuditConfig) -> None:
     if (config.model is None) == (config.predictions is None):
-        raise errors.ConfigError(
-            "Pass either --model (a run folder, TorchScript or ONNX file) with --data, "
-            "or --predictions FILE.csv."
-        )
+        raise errors.ConfigError(errors.MODEL_OR_PREDICTIONS)
     if config.model is not None and config.data is None and config.labels is None:
-        raise errors.ConfigError(
-            "--model needs images to predict on. Pass --data FOLDER or --labels FILE."
-        )
+        raise errors.ConfigError(errors.MODEL_NEEDS_DATA)
     if config.embed_with is not None:
-        runio.read_config(config.embed_with)  # fail now, not after predicting: is it a run?
+        runfolder.read_config(config.embed_with)  # fail now, not after predicting: is it a run?
 
 
 def _groups(
@@ -217,7 +297,7 @@ def _images_for(table: pd.DataFrame, embedder: str, notes: list[str], source: st
                 "or drop --embed-with.",
             )
         )
-    size = int(runio.read_config(embedder)["train"]["model"]["image_size"])
+    size = int(runfolder.read_config(embedder)["train"]["model"]["image_size"])
     images, failures = decode_images(table["path"].tolist(), size)
     if failures:
         first = next(iter(failures))
@@ -238,7 +318,7 @@ def _slices(
     notes: list[str],
 ) -> pd.DataFrame:
     """Clusters of the DB-VAE latents ranked by error rate, then accuracy by density decile."""
-    model, run_config = runio.load_model(embedder)
+    model, run_config = runfolder.load_model(embedder)
     model = model.to(device)
     if run_config["train"].get("baseline"):
         notes.append(
@@ -246,34 +326,32 @@ def _slices(
             "so slices and densities are rougher than with a DB-VAE run"
         )
     listener.phase("embed", len(images))
-    mu, _ = compute_latents(
-        model, images, np.arange(len(images)), device, on_advance=listener.advance
-    )
+    mu, _ = encode(model, images, device=device, on_advance=listener.advance)
     embedding = mu.numpy()
+    options = config.options
     clusters = find_slices(
-        embedding, config.slices, min_size=config.min_group_size, seed=config.seed
+        embedding, options.slices, min_size=options.min_group_size, seed=options.seed
     )
-    by_cluster = slice_table(table, clusters, embedding, config, kind="cluster")
-
-    density = runio.load_density(embedder)
+    by_cluster = slice_table(table, clusters, embedding, options, kind="cluster")
+    table["latent_slice"] = clusters
+    notes.append(f"Slices from the latents of {embedder}")
+    density = runfolder.load_density(embedder)
     if density is None:
-        density = LatentHistogram(bins=10).fit(mu)
         notes.append(
-            f"{embedder} has no saved training density; deciles rank rarity among the audited "
-            "images instead"
+            f"{embedder} has no saved training density (density.pt): no accuracy by density "
+            "decile. Runs trained with this version save one"
         )
+        return by_cluster
     log_density = density.score_samples(mu, torch.zeros(len(mu), dtype=torch.long)).numpy()
     table["latent_log_density"] = log_density
-    table["latent_slice"] = clusters
     by_decile = slice_table(
         table,
         density_deciles(log_density),
         embedding,
-        config,
+        options,
         kind="density decile",
         rank_by_error=False,
     )
-    notes.append(f"Slices from the latents of {embedder}")
     return pd.concat([by_cluster, by_decile], ignore_index=True)
 
 
@@ -324,14 +402,14 @@ def _write(
     table: pd.DataFrame,
     notes: list[str],
 ) -> None:
-    runio.write_csv(out / "by_group.csv", result.by_group)
-    runio.write_csv(out / "disparities.csv", result.disparities)
+    files.write_csv(out / "by_group.csv", result.by_group)
+    files.write_csv(out / "disparities.csv", result.disparities)
     flat = slices.copy()
     if len(flat):
         flat["examples"] = [" | ".join(map(str, e)) for e in flat["examples"]]
-    runio.write_csv(out / "slices.csv", flat)
-    runio.write_csv(out / "predictions.csv", table)
-    runio.write_json(
+    files.write_csv(out / "slices.csv", flat)
+    files.write_csv(out / "predictions.csv", table)
+    files.write_json(
         out / "audit.json",
         {
             "debias_version": debias.__version__,
@@ -357,7 +435,7 @@ def _write_grid(path: Path, images: np.ndarray) -> None:
     row = np.concatenate(list(images), axis=2) if len(images) else np.zeros((3, 8, 8), np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(row.transpose(1, 2, 0)).save(buffer, format="PNG")
-    runio.atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
+    files.atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

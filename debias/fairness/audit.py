@@ -1,0 +1,324 @@
+"""The fairness audit: per-group metrics, bootstrap confidence intervals and disparities.
+
+``audit(y_true, y_pred, groups, options)`` is pure: predictions in, tables out. Point estimates
+come from fairlearn's ``MetricFrame`` (:mod:`debias.fairness.metrics`), intervals from a
+bootstrap of confusion counts (:mod:`debias.fairness.bootstrap`), and each group is compared
+with its attribute's reference group (:mod:`debias.fairness.disparities`). Every metric is a
+function of a group's confusion counts, which is what makes the count bootstrap exact; a test
+checks the count formulas against ``MetricFrame`` value for value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from debias import errors
+from debias.classes import positive_class
+from debias.config import check_option
+from debias.fairness.bootstrap import bootstrap_counts, cell_counts, interval
+from debias.fairness.disparities import DISPARITY_COLUMNS, disparities, reference_group
+from debias.fairness.metrics import MetricKey, metric_frame, metric_keys, metrics_from_counts
+
+INTERSECTION = " & "  # joins attribute names and their values for the intersection
+
+
+@dataclass
+class AuditOptions:
+    """How the audit's statistics are computed; saved in ``audit.json`` with its results.
+
+    Attributes
+    ----------
+    groups : list of str
+        Attribute columns to audit by; their intersection is audited too when there are two or
+        more. The ``debias audit`` job fills in every suitable column when none are given.
+    reference : dict of str to str
+        Reference group per attribute; an attribute not listed uses its largest group.
+    bootstrap : int
+        Bootstrap replicates for the confidence intervals (0 turns them off).
+    ci : float
+        Confidence level of the intervals.
+    tau : float
+        Four-fifths rule threshold: a group passes a metric iff ``tau <= ratio <= 1 / tau``.
+    min_group_size : int
+        Smaller groups are reported but marked too small to judge.
+    pos_label : str or None
+        The positive class of a binary target (default: see :func:`debias.classes.positive_class`).
+    slices : int
+        Number of latent clusters for label-free slice discovery.
+    seed : int
+        Seed of the bootstrap and the clustering.
+    """
+
+    groups: list[str] = field(default_factory=list)
+    reference: dict[str, str] = field(default_factory=dict)
+    bootstrap: int = 1000  # percentile interval ends are stable to about +-0.005 at 1000
+    ci: float = 0.95
+    tau: float = 0.8  # the four-fifths rule of the US EEOC guidelines
+    min_group_size: int = 30  # below 30, a 95% interval on an accuracy is wider than +-0.15
+    pos_label: str | None = None
+    slices: int = 8  # enough to isolate a 5-10% subgroup, few enough to read
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ConfigError on an out-of-range option."""
+        checks = (
+            ("bootstrap", self.bootstrap >= 0, "use 0 (no intervals) or more replicates"),
+            ("ci", 0 < self.ci < 1, "use a level between 0 and 1, such as 0.95"),
+            ("tau", 0 < self.tau <= 1, "use a threshold in (0, 1], such as 0.8"),
+            ("min-group-size", self.min_group_size >= 1, "use 1 or more"),
+            ("slices", self.slices >= 1, "use 1 or more"),
+        )
+        for option, ok, fix in checks:
+            value = getattr(self, option.replace("-", "_"))
+            check_option(ok, option, value, "out of range", fix.capitalize())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the options as plain JSON values."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` returns.
+
+    Attributes
+    ----------
+    by_group : pandas.DataFrame
+        One row per (attribute, group, metric, class): ``n``, ``value``, ``ci_low``, ``ci_high``,
+        ``judged`` (False when the group is smaller than ``min_group_size``). The overall row has
+        attribute ``"overall"``.
+    disparities : pandas.DataFrame
+        One row per (attribute, group, metric, class) against the attribute's reference group:
+        ``difference`` and ``ratio`` with intervals, ``flag`` (pass, fail, too small, undefined)
+        and ``significant`` (the difference's interval excludes 0).
+    classes : list of str
+    pos_label : str or None
+        Positive class of a binary target; None for multi-class (rates are one-vs-rest).
+    options : AuditOptions
+    n : int
+        Number of predictions audited.
+    """
+
+    by_group: pd.DataFrame
+    disparities: pd.DataFrame
+    classes: list[str]
+    pos_label: str | None
+    options: AuditOptions
+    n: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """Return the worst judged group by accuracy, the largest disparity, and the flag counts."""
+        groups = self.by_group[
+            (self.by_group.metric == "accuracy")
+            & self.by_group.judged
+            & (self.by_group.attribute != "overall")
+        ]
+        worst = groups.sort_values("value").head(1).to_dict("records")
+        judged = self.disparities[self.disparities.flag.isin(["pass", "fail"])]
+        largest = judged.reindex(judged.difference.abs().sort_values(ascending=False).index)
+        failing = self.disparities[self.disparities.flag == "fail"]
+        return {
+            "worst_group": worst[0] if worst else None,
+            "largest_disparity": largest.head(1).to_dict("records")[0] if len(largest) else None,
+            "failing": len(failing),
+            "judged": len(judged),
+        }
+
+
+BY_GROUP_COLUMNS = ["attribute", "group", "n", "judged", "metric", "class", "value"]
+BY_GROUP_COLUMNS += ["ci_low", "ci_high"]
+
+
+def attributes_of(groups: Sequence[str]) -> list[str]:
+    """Audited attributes: each group column, and their intersection when there are several."""
+    return [*groups, INTERSECTION.join(groups)] if len(groups) > 1 else list(groups)
+
+
+def audit(
+    y_true: Sequence[object],
+    y_pred: Sequence[object],
+    groups: pd.DataFrame,
+    options: AuditOptions | None = None,
+    classes: Sequence[str] | None = None,
+) -> AuditResult:
+    """Audit predictions per group, per intersection and overall.
+
+    Parameters
+    ----------
+    y_true, y_pred : sequence
+        True and predicted class of each row (compared as text).
+    groups : pandas.DataFrame
+        One column per attribute in ``options.groups``, one row per prediction; '' is missing
+        (the row counts overall but in no group of that attribute).
+    options : AuditOptions, optional
+        How the statistics are computed (default: :class:`AuditOptions`'s defaults).
+    classes : sequence of str, optional
+        All class names (default: those seen in ``y_true`` and ``y_pred``).
+
+    Returns
+    -------
+    AuditResult
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> g = pd.DataFrame({"skin": ["dark"] * 40 + ["light"] * 60})
+    >>> y = ["face"] * 100
+    >>> p = ["not_face"] * 20 + ["face"] * 80
+    >>> r = audit(y, p, g, AuditOptions(groups=["skin"], bootstrap=100))
+    >>> r.summary()["worst_group"]["group"]
+    'dark'
+    """
+    options = options or AuditOptions()
+    options.validate()
+    if classes is None:
+        seen = pd.concat([pd.Series(y_true), pd.Series(y_pred)]).astype(str).unique()
+        classes = sorted(seen.tolist())
+    classes = [str(c) for c in classes]
+    yt = _codes(y_true, classes, "y_true")
+    yp = _codes(y_pred, classes, "y_pred")
+    pos = positive_class(classes, options.pos_label)
+    judged = [classes.index(pos)] if pos is not None else list(range(len(classes)))
+    keys = metric_keys(classes, judged)
+    rng = np.random.default_rng(options.seed)
+
+    # Finest cells: every combination of the attributes' values. Each attribute's groups and the
+    # overall row are sums of cells, so one set of bootstrap replicates serves them all.
+    frame = groups[options.groups].reset_index(drop=True).astype(str)
+    if options.groups:
+        codes = [pd.factorize(frame[g])[0] for g in options.groups]
+        cells, _ = pd.factorize(pd.MultiIndex.from_arrays(codes))
+    else:
+        cells = np.zeros(len(yt), dtype=np.int64)
+    n_cells = int(cells.max()) + 1 if len(cells) else 1
+    first_row = pd.Series(np.arange(len(cells))).groupby(cells).first().to_numpy()
+    cell_groups = frame.iloc[first_row].reset_index(drop=True)  # (G, attributes)
+    counts = cell_counts(cells, yt, yp, n_cells, len(classes))  # (G, C, C)
+    boot = bootstrap_counts(counts, options.bootstrap, rng)  # (B, G, C, C)
+
+    # The frequency-weighted outcome table that MetricFrame reads: one row per nonzero count.
+    g_idx, t_idx, p_idx = np.nonzero(counts)
+    weight = counts[g_idx, t_idx, p_idx].astype(np.float64)
+
+    everyone = pd.Series(np.zeros(len(g_idx), dtype=np.int64), name="overall")
+    overall = metric_frame(t_idx, p_idx, everyone, keys, weight).overall
+    rows = _group_rows(
+        "overall",
+        "all",
+        overall,
+        counts.sum(axis=0),
+        metrics_from_counts(boot.sum(axis=1), keys),
+        keys,
+        options,
+    )
+    disparity_rows: list[tuple] = []
+    for attribute in attributes_of(options.groups):
+        cell_value = _attribute_values(cell_groups, attribute)  # (G,)
+        names = sorted(set(cell_value) - {""})
+        if not names:
+            continue
+        row_value = cell_value[g_idx]
+        present = row_value != ""
+        by_group = metric_frame(
+            t_idx[present],
+            p_idx[present],
+            pd.Series(row_value[present], name=attribute),
+            keys,
+            weight[present],
+        ).by_group
+        member = (cell_value[None, :] == np.array(names, dtype=object)[:, None]).astype(np.int64)
+        group_counts = np.einsum("vg,gij->vij", member, counts)  # (V, C, C)
+        replicates = metrics_from_counts(np.einsum("vg,bgij->bvij", member, boot), keys)
+        for v, name in enumerate(names):
+            rows += _group_rows(
+                attribute,
+                name,
+                by_group.loc[name],
+                group_counts[v],
+                replicates[:, v],
+                keys,
+                options,
+            )
+        sizes = {name: int(group_counts[v].sum()) for v, name in enumerate(names)}
+        reference = reference_group(attribute, names, sizes, options.reference)
+        disparity_rows += disparities(
+            attribute,
+            names,
+            reference,
+            group_counts,
+            replicates,
+            keys,
+            ci=options.ci,
+            tau=options.tau,
+            min_group_size=options.min_group_size,
+            bootstrapped=options.bootstrap > 0,
+        )
+    return AuditResult(
+        pd.DataFrame(rows, columns=BY_GROUP_COLUMNS),
+        pd.DataFrame(disparity_rows, columns=DISPARITY_COLUMNS),
+        classes,
+        pos,
+        options,
+        n=len(yt),
+    )
+
+
+def _attribute_values(cells: pd.DataFrame, attribute: str) -> np.ndarray:
+    """Each cell's value of an attribute (intersections join values); '' where one is missing."""
+    parts = attribute.split(INTERSECTION)
+    joined = cells[parts[0]]
+    for part in parts[1:]:
+        joined = joined + INTERSECTION + cells[part]
+    missing = (cells[parts] == "").any(axis=1)
+    return joined.where(~missing, "").to_numpy(dtype=object)
+
+
+def _codes(values: Sequence[object], classes: list[str], what: str) -> np.ndarray:
+    codes = pd.Index(classes).get_indexer(pd.Series(values).astype(str))
+    if (codes < 0).any():
+        unknown = pd.Series(values).astype(str)[codes < 0].iloc[0]
+        raise errors.DataError(
+            errors.UNKNOWN_CLASS.format(what=what, value=unknown, classes=", ".join(classes))
+        )
+    return codes.astype(np.int64)
+
+
+def _group_rows(
+    attribute: str,
+    group: str,
+    estimates: pd.Series,
+    confusion: np.ndarray,
+    replicates: np.ndarray,
+    keys: list[MetricKey],
+    options: AuditOptions,
+) -> list[tuple]:
+    """Rows of by_group for one group: MetricFrame's values, NaN where undefined, intervals."""
+    from_counts = metrics_from_counts(confusion, keys)
+    low, high = interval(replicates, options.ci)
+    n = int(confusion.sum())
+    out = []
+    for m, key in enumerate(keys):
+        value = float(estimates[key.code])
+        if np.isnan(from_counts[m]):  # fairlearn returns 0 for an undefined rate
+            value = float("nan")
+        counted = key.metric == "count"  # a count has no interval
+        out.append(
+            (
+                attribute,
+                group,
+                n,
+                n >= options.min_group_size,
+                key.metric,
+                key.class_name,
+                value,
+                float("nan") if counted else float(low[m]),
+                float("nan") if counted else float(high[m]),
+            )
+        )
+    return out

@@ -1,0 +1,302 @@
+"""The ``debias report`` job: a self-contained HTML report, its facts as JSON, a Markdown summary.
+
+``write_report(ReportConfig)`` gathers the typed facts of a run folder (and optionally a
+baseline run, an audit folder and an outlier scan; :mod:`debias.facts`) and writes
+``report.html`` (inline CSS, images as data URIs, no scripts, no network requests),
+``report.json`` and ``report.md`` into ``reports/<name>/``. To compare with a baseline on the
+same images it needs the baseline's audit: pass ``baseline_audit``, or the job audits the
+baseline with the audit's own inputs and options into ``<out>/baseline-audit`` and says so
+through the listener. Everything from user data is escaped by jinja2's autoescaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+import debias
+from debias import errors, figures, files, runfolder
+from debias.data import decode_images
+from debias.facts import (
+    ReportFacts,
+    accuracy_rows,
+    audited_attributes,
+    gather_facts,
+    read_audit,
+)
+from debias.fairness.audit import INTERSECTION
+from debias.formatting import number
+from debias.jobs.audit import AuditConfig, versions, write_audit
+from debias.progress import Listener, SilentListener
+
+N_GRID = 10  # faces per row in the highest / lowest sampling-weight grids
+N_OUTLIERS = 12
+
+
+@dataclass
+class ReportConfig:
+    """What goes into a report.
+
+    Attributes
+    ----------
+    run : str
+        The (debiased) run folder.
+    baseline : str or None
+        A plain-classifier run to compare with.
+    audit : str or None
+        An audit folder of ``run`` (``debias audit --out``).
+    baseline_audit : str or None
+        An audit folder of ``baseline`` on the same images with the same options (default: the
+        report audits the baseline itself, into ``<out>/baseline-audit``, and says so).
+    outliers : str or None
+        An ``outliers.csv`` written by ``debias outliers`` (its JSON beside it).
+    name : str or None
+        Report name (default: the run folder's name).
+    out : str or None
+        Output folder (default ``reports/<name>``).
+    """
+
+    run: str
+    baseline: str | None = None
+    audit: str | None = None
+    baseline_audit: str | None = None
+    outliers: str | None = None
+    name: str | None = None
+    out: str | None = None
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode() if png else ""
+
+
+def write_report(config: ReportConfig, *, listener: Listener | None = None) -> Path:
+    """Write ``report.html``, ``report.json`` and ``report.md``; return the HTML's path.
+
+    Parameters
+    ----------
+    config : ReportConfig
+    listener : Listener, optional
+        Progress hooks; told (``note``) when the job audits the baseline itself.
+
+    Raises
+    ------
+    RunError
+        When a run or audit folder is missing or incomplete.
+    """
+    listener = listener or SilentListener()
+    run_config = runfolder.read_config(config.run)
+    if config.baseline:
+        runfolder.read_config(config.baseline)
+    name = config.name or Path(config.run).resolve().name
+    out = Path(config.out or Path("reports") / name)
+    audit = read_audit(config.audit) if config.audit else None
+    outliers, outlier_table = _read_outliers(config.outliers)
+    out.mkdir(parents=True, exist_ok=True)
+
+    baseline_audit_dir = config.baseline_audit
+    if config.baseline and audit is not None and baseline_audit_dir is None:
+        baseline_audit_dir = str(out / "baseline-audit")
+        listener.note(
+            f"Auditing the baseline {config.baseline} on the same images with the same options "
+            f"into {baseline_audit_dir} (pass --baseline-audit to use an existing audit)"
+        )
+        inputs = AuditConfig.from_dict(audit["config"])
+        write_audit(
+            dataclasses.replace(
+                inputs, model=config.baseline, embed_with=None, out=baseline_audit_dir
+            ),
+            listener=listener,
+        )
+    facts = gather_facts(
+        config.run,
+        name=name,
+        versions=versions(),
+        baseline=config.baseline,
+        audit=audit,
+        baseline_audit=baseline_audit_dir if config.baseline and audit is not None else None,
+        outliers=outliers,
+    )
+    baseline_audit = read_audit(baseline_audit_dir) if facts.baseline_audit else None
+    figs = _figures(config, run_config, facts, audit)
+    slices = _slice_images(config.audit, facts.slices)
+    outlier_rows = _outlier_rows(outlier_table, run_config)
+    html = _render(facts, figs, audit, baseline_audit, slices, outlier_rows)
+    files.atomic_write(out / "report.html", lambda fh: fh.write(html.encode()))
+    files.write_json(out / "report.json", facts.to_dict())
+    markdown = _markdown(facts)
+    files.atomic_write(out / "report.md", lambda fh: fh.write(markdown.encode()))
+    return out / "report.html"
+
+
+def _read_outliers(csv_path: str | None) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """Read an outliers CSV and its JSON summary (without its config), or None twice."""
+    if not csv_path:
+        return None, None
+    csv = Path(csv_path)
+    if not csv.is_file():
+        raise errors.RunError(errors.NO_SUCH_FILE.format(path=csv))
+    # Read as text: with no unreadable rows the column is all empty and would parse as float.
+    table = pd.read_csv(csv, dtype={"reason": str})
+    table["reason"] = table["reason"].fillna("")
+    summary = json.loads(csv.with_suffix(".json").read_text())
+    return {k: v for k, v in summary.items() if k != "config"}, table
+
+
+def _figures(
+    config: ReportConfig,
+    run_config: dict[str, Any],
+    facts: ReportFacts,
+    audit: dict[str, Any] | None,
+) -> dict[str, str]:
+    """Every figure of the report, as data URIs keyed by where it goes."""
+    figs: dict[str, str] = {}
+    if audit is not None and facts.headline is not None:
+        acc = accuracy_rows(audit)
+        for attribute in audited_attributes(audit):
+            figs[f"bars:{attribute}"] = _data_uri(
+                figures.group_bars(
+                    acc[acc.attribute == attribute],
+                    f"accuracy by {attribute}",
+                    reference=facts.headline.overall_accuracy,
+                )
+            )
+    metrics = {"debiased": runfolder.read_metrics(config.run)}
+    if config.baseline:
+        metrics["baseline"] = runfolder.read_metrics(config.baseline)
+    figs["curves"] = _data_uri(figures.training_curves(metrics))
+    figs["ess"] = _data_uri(figures.ess_curve(metrics["debiased"]))
+    samples = runfolder.read_samples(config.run)
+    weighted = samples[samples["sampling_weight"].notna()]
+    weights = weighted["sampling_weight"].to_numpy(dtype=float)
+    figs["weights"] = _data_uri(figures.weight_histogram(weights / weights.sum()))
+    positive = run_config["data"].get("positive_class")
+    faces = weighted[weighted["label"] == positive] if positive else weighted
+    order = faces["sampling_weight"].sort_values()
+    size = run_config["train"]["model"]["image_size"]
+    for key, index in (("lowest", order.index[:N_GRID]), ("highest", order.index[::-1][:N_GRID])):
+        images, failures = decode_images(faces.loc[index, "path"].tolist(), size)
+        keep = [i for i in range(len(images)) if i not in failures]
+        figs[f"grid:{key}"] = _data_uri(figures.image_row(images[keep]))
+    return figs
+
+
+def _slice_images(audit_dir: str | None, slices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the audit's cluster slices, each with its example strip as a data URI."""
+    out = []
+    for s in slices:
+        grid = Path(audit_dir) / s["example_grid"] if audit_dir and s.get("example_grid") else None
+        out.append({**s, "image": _data_uri(grid.read_bytes()) if grid and grid.is_file() else ""})
+    return out
+
+
+def _outlier_rows(table: pd.DataFrame | None, run_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the highest-ranked readable outliers, each with a thumbnail."""
+    if table is None:
+        return []
+    size = run_config["train"]["model"]["image_size"]
+    top = table[table["reason"] == ""].head(N_OUTLIERS)
+    images, failures = decode_images(top["path"].tolist(), size)
+    rows = []
+    for i, (_, row) in enumerate(top.iterrows()):
+        thumb = "" if i in failures else _data_uri(figures.image_row([images[i]]))
+        rows.append({**row.to_dict(), "image": thumb})
+    return rows
+
+
+def _render(
+    facts: ReportFacts,
+    figs: dict[str, str],
+    audit: dict | None,
+    baseline_audit: dict | None,
+    slices: list[dict],
+    outlier_rows: list[dict],
+) -> str:
+    env = Environment(
+        loader=PackageLoader("debias", "templates"),
+        autoescape=select_autoescape(["html", "j2"], default=True),
+    )
+    env.filters["num"] = number
+    env.filters["heat"] = _heat
+    intersection = []
+    disparities = []
+    if audit is not None:
+        last = audited_attributes(audit)
+        if last and INTERSECTION in last[-1]:
+            acc = accuracy_rows(audit)
+            intersection = _heat_table(acc[acc.attribute == last[-1]], last[-1])
+        disparities = sorted(
+            audit["disparities"],
+            key=lambda d: ({"fail": 0, "pass": 1}.get(d["flag"], 2), -abs(d["difference"] or 0)),
+        )
+    template = env.get_template("report.html.j2")
+    return template.render(
+        f=facts,
+        figs=figs,
+        audit=audit,
+        baseline_audit=baseline_audit,
+        intersection=intersection,
+        disparities=disparities,
+        slices=slices,
+        outliers=outlier_rows,
+        version=debias.__version__,
+    )
+
+
+def _heat(value: float | None) -> str:
+    """Return a background colour for an accuracy: white at 1.0, deep red at 0.7 and below."""
+    if value is None or value != value:
+        return "#eeeeee"
+    t = float(np.clip((1.0 - value) / 0.3, 0, 1))
+    return f"rgb(255,{int(255 - 150 * t)},{int(255 - 150 * t)})"
+
+
+def _heat_table(rows: pd.DataFrame, attribute: str) -> dict[str, Any]:
+    """Rows x columns of the two-way intersection's accuracies."""
+    first, second = attribute.split(INTERSECTION, 1)
+    split = rows["group"].str.split(INTERSECTION, n=1, expand=True)
+    table = rows.assign(row=split[0], col=split[1])
+    cols = sorted(table["col"].unique())
+    cells = []
+    for r in sorted(table["row"].unique()):
+        line = []
+        for c in cols:
+            hit = table[(table.row == r) & (table.col == c)]
+            line.append(hit.iloc[0].to_dict() if len(hit) else None)
+        cells.append((r, line))
+    return {"rows_name": first, "cols_name": second, "cols": cols, "cells": cells}
+
+
+def _markdown(facts: ReportFacts) -> str:
+    lines = [f"# Fairness report: {facts.name}", "", f"Created {facts.created}.", ""]
+    head = facts.headline
+    if head is not None and facts.audit is not None:
+        summary = facts.audit["summary"]
+        worst = summary["worst_group"]
+        lines += [
+            f"- Overall accuracy: {number(head.overall_accuracy)}",
+            f"- Worst group: {worst['attribute']} = {worst['group']}, accuracy "
+            f"{number(worst['value'])} (95% CI {number(worst['ci_low'])}-"
+            f"{number(worst['ci_high'])}, n={worst['n']})"
+            if worst
+            else "- Worst group: none judged",
+            f"- Fairness checks failing: {summary['failing']} of {summary['judged']}",
+        ]
+        base = facts.baseline_headline
+        if base is not None:
+            lines += ["", "| | baseline | debiased |", "|---|---|---|"]
+            for key, value in dataclasses.asdict(head).items():
+                lines.append(
+                    f"| {key.replace('_', ' ')} | {number(getattr(base, key))} | {number(value)} |"
+                )
+    else:
+        lines.append("No audit was given: pass --audit to include per-group results.")
+    lines += ["", "See report.html for figures and report.json for every number."]
+    return "\n".join(lines) + "\n"

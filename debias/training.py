@@ -1,0 +1,579 @@
+"""Training: ``train(config)`` runs the DB-VAE (or the plain baseline) end to end into a run folder.
+
+Read top to bottom, as the loop runs: set up (data, model, optimiser), restore (when resuming),
+then per epoch ask the weighting for the epoch's sampling weights, train on a weighted draw,
+validate, record and checkpoint; at the end write ``samples.csv`` and the training density.
+Devices and processes live here and in :mod:`debias.device` / :mod:`debias.distributed`; the
+model and the weighting methods do not know where they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import debias
+from debias import distributed, errors, files, runfolder
+from debias.augment import augment
+from debias.classes import named_positive
+from debias.config import TrainConfig
+from debias.data import FaceData, load_data
+from debias.data.manifest import check_groups
+from debias.device import select_device
+from debias.encode import batches, encode
+from debias.model import DBVAE, Loss, dbvae_loss, preprocess
+from debias.progress import Listener, SilentListener
+from debias.resample import LatentHistogram, effective_sample_size
+from debias.weighting import EpochView, EpochWeights, Weighting, histogram_for, weighting_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the run is and what it learned."""
+
+    run_dir: Path
+    model: DBVAE
+    data: FaceData
+    metrics: list[dict[str, Any]]
+
+
+def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResult:
+    """Train a DB-VAE (or, with ``config.baseline``, the plain classifier) into a run folder.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        What to train on and how. ``config.out`` is the run folder (default ``runs/<date-time>``).
+    listener : Listener, optional
+        Receives progress events.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ConfigError, DataError, RunError
+        For invalid options, unusable data, or an ``out`` folder that already holds a run.
+
+    Examples
+    --------
+    >>> from debias import TrainConfig, train
+    >>> result = train(TrainConfig(data="faces/", epochs=3))  # doctest: +SKIP
+    """
+    config.validate()
+    if config.out is None and distributed.from_env().distributed:
+        raise errors.ConfigError(errors.TORCHRUN_OUT)
+    run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if (run_dir / runfolder.CHECKPOINT).exists():
+        raise errors.RunError(errors.RUN_EXISTS.format(path=run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, out=str(run_dir))
+    return _fit(config, run_dir, None, listener or SilentListener())
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    device: str | None = None,
+    listener: Listener | None = None,
+) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint; it ends as an uninterrupted run would.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run folder.
+    epochs : int, optional
+        A new total number of epochs (to train further).
+    device : str, optional
+        Continue on another device.
+    listener : Listener, optional
+        Receives progress events.
+    """
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(runfolder.read_config(run_dir)["train"])
+    if epochs is not None:
+        config.epochs = epochs
+    if device is not None:
+        config.device = device
+    config.validate()
+    state = runfolder.load_checkpoint(run_dir / runfolder.CHECKPOINT)
+    if state["epoch"] >= config.epochs:
+        raise errors.RunError(errors.RUN_FINISHED.format(path=run_dir, epochs=config.epochs))
+    return _fit(config, run_dir, state, listener or SilentListener())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _fit(
+    config: TrainConfig, run_dir: Path, state: dict[str, Any] | None, listener: Listener
+) -> TrainResult:
+    cluster = distributed.from_env()
+    device = distributed.join(cluster, select_device(config.device))
+    if not cluster.main:  # one progress display and one writer: rank 0
+        listener = SilentListener()
+    data = _load(config, run_dir, cluster, listener)
+    s = _set_up(config, data, device, cluster)
+    history = _restore(s, state, run_dir) if state is not None else []
+    if cluster.main:
+        _write_config(s, run_dir)
+    weighting = weighting_for(config)
+    last: EpochWeights | None = None
+    for epoch in range(len(history), config.epochs):
+        distributed.sync_buffers(s.model, cluster)
+        last = weighting.epoch_weights(_epoch_view(s, epoch))
+        record = _train_epoch(s, epoch, last, run_dir, listener)
+        if not cluster.main:
+            continue
+        record.update(_validate(s))
+        history.append(record)
+        _checkpoint(s, epoch, history, run_dir)
+        listener.epoch_end(record)
+    if cluster.main:
+        _write_samples(s, last, weighting, run_dir)
+    (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
+    distributed.leave(cluster)
+    return TrainResult(run_dir, s.model.eval(), data, history)
+
+
+@dataclass
+class _Setup:
+    """Everything one training process holds: data, splits, model, optimiser and their state."""
+
+    config: TrainConfig
+    data: FaceData
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    class_mask: torch.Tensor  # (C,) 1.0 for the classes the VAE models
+    positive: str | None
+    device: torch.device
+    cluster: distributed.Cluster
+    model: DBVAE
+    trained: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    sampler_rng: torch.Generator  # the epoch's draw: the same on every rank
+    share: int  # draws this rank trains on per epoch
+    steps_per_epoch: int
+
+
+def _load(
+    config: TrainConfig, run_dir: Path, cluster: distributed.Cluster, listener: Listener
+) -> FaceData:
+    """Decode the data first: the slowest step and the one most likely to fail on bad input."""
+    data = load_data(
+        config.data,
+        labels=config.labels,
+        target=config.target,
+        groups=config.groups,
+        image_size=config.model.image_size,
+        strict=config.strict,
+        splits=("train", "val"),
+        cache_file=run_dir / _cache_name(cluster),
+        num_workers=config.num_workers,
+        on_start=lambda n: listener.phase("decode", n),
+        on_advance=listener.advance,
+    )
+    if data.skipped:
+        log.warning(
+            "%d file(s) skipped as unreadable; listed in %s",
+            len(data.skipped),
+            run_dir / runfolder.SKIPPED,
+        )
+    if cluster.main:
+        skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
+        files.write_csv(run_dir / runfolder.SKIPPED, skipped)
+    check_groups(data.frame, config.balance_groups or [])
+    return data
+
+
+def _set_up(
+    config: TrainConfig, data: FaceData, device: torch.device, cluster: distributed.Cluster
+) -> _Setup:
+    train_idx, val_idx = split_indices(data, config.val_fraction, config.seed)
+    class_mask, positive = vae_mask_for(config, data.classes)
+    with torch.random.fork_rng(devices=[]):  # seeds the initial weights, not the caller's RNG
+        torch.manual_seed(config.seed)
+        # channels_last: the layout oneDNN and cuDNN convolutions run fastest in
+        model = DBVAE(len(data.classes), config.model).to(device, memory_format=torch.channels_last)
+    # fused: one kernel for all parameters instead of a dozen small ops per tensor per step
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
+    # Each epoch draws about as many images as there are; each rank trains on its share of them.
+    share = distributed.share(len(train_idx), cluster)
+    steps_per_epoch = math.ceil(share / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch)
+    )
+    amp_dtype = _amp_dtype(config.precision, device)
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    trained: torch.nn.Module = model
+    if cluster.distributed:  # gradients averaged over the ranks at every step
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.baseline,  # the baseline's loss leaves out the decoder
+        )
+    return _Setup(
+        config=config,
+        data=data,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        class_mask=class_mask,
+        positive=positive,
+        device=device,
+        cluster=cluster,
+        model=model,
+        trained=trained,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        # Augmentation and the VAE's noise get generators seeded per epoch and rank instead,
+        # so a resumed run repeats them without saving them.
+        sampler_rng=torch.Generator().manual_seed(config.seed),
+        share=share,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _restore(s: _Setup, state: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """Load a checkpoint into the set-up; return the metrics of the epochs it holds."""
+    if state["classes"] != s.data.classes:
+        raise errors.RunError(
+            errors.RESUME_CLASSES.format(
+                path=run_dir, now=s.data.classes, checkpoint=state["classes"]
+            )
+        )
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        s.scaler.load_state_dict(state["scaler"])
+    s.sampler_rng.set_state(state["sampler_rng"])
+    history = json.loads(state["metrics"])
+    # The checkpoint carries the metrics of its epochs: a kill just before or after the metrics
+    # file was updated neither loses a line nor repeats one.
+    if s.cluster.main:
+        files.write_jsonl(run_dir / runfolder.METRICS, history)
+    return history
+
+
+def _epoch_view(s: _Setup, epoch: int) -> EpochView:
+    """Describe the epoch to the weighting: the training rows and a lazy encoder of them."""
+    y = s.data.y[s.train_idx]
+
+    def encoder(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # Each rank encodes its block of the rows and the blocks are gathered in order, so every
+        # rank computes the same weights.
+        part = s.train_idx[rows][distributed.block(len(rows), s.cluster)]
+        mu, probs = encode(s.model, s.data.images, part, device=s.device)
+        return (
+            distributed.gather_blocks(mu, len(rows), s.cluster),
+            distributed.gather_blocks(probs, len(rows), s.cluster),
+        )
+
+    return EpochView(
+        epoch=epoch,
+        y=y,
+        modelled=(s.class_mask[torch.from_numpy(y)] > 0).numpy(),
+        frame=s.data.frame.iloc[s.train_idx].reset_index(drop=True),
+        encoder=encoder,
+    )
+
+
+def _train_epoch(
+    s: _Setup, epoch: int, weighted: EpochWeights, run_dir: Path, listener: Listener
+) -> dict[str, Any]:
+    """Draw the epoch's sample by ``weighted`` and train on it; return the epoch's statistics."""
+    config, cluster, device = s.config, s.cluster, s.device
+    t0 = time.perf_counter()
+    weights = weighted.weights
+    ess_fraction = effective_sample_size(weights) / len(weights)
+    draw = draw_epoch(weights, s.train_idx, s.share * cluster.world, s.sampler_rng)
+    mine = draw[cluster.rank * s.share : (cluster.rank + 1) * s.share]
+    augment_rng = _epoch_generator(config.seed, epoch, cluster.rank, 0, torch.device("cpu"))
+    noise_rng = _epoch_generator(config.seed, epoch, cluster.rank, 1, device)
+    listener.phase(f"epoch {epoch + 1}/{config.epochs}", s.steps_per_epoch)
+    all_modelled = bool((s.class_mask > 0).all())  # else decode only the images the VAE models
+    class_mask = s.class_mask.to(device)
+    s.model.train()
+    sums = dict.fromkeys(("loss", "classification", "reconstruction", "kl", "correct", "seen"), 0.0)
+    for chunk, x_u8 in batches(s.data.images, mine, config.batch_size):
+        x = preprocess(x_u8.to(device, non_blocking=True))
+        if config.augment:
+            x = augment(x, augment_rng)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(s.data.y[chunk]).to(device)
+        vae_mask = class_mask[y]
+        with torch.autocast(device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
+            out = s.trained(x, noise_rng, decode=None if all_modelled else vae_mask > 0)
+        loss = dbvae_loss(
+            out,
+            x,
+            y,
+            vae_mask,
+            kl_weight=config.kl_weight,
+            recon=config.recon,
+            use_vae=not config.baseline,
+        )
+        if not distributed.all_finite(loss.total, cluster):
+            raise errors.DebiasError(
+                errors.LOSS_NOT_FINITE.format(path=run_dir, loss=loss.total.item(), epoch=epoch + 1)
+            )
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss.total).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        s.scheduler.step()
+        _accumulate(sums, loss, out.logits, y)
+        listener.advance(
+            1, loss=loss.total.item(), acc=sums["correct"] / sums["seen"], ess=ess_fraction
+        )
+    seconds = time.perf_counter() - t0
+    distributed.reduce_sums(sums, cluster, device)
+    record: dict[str, Any] = {"epoch": epoch + 1}
+    record.update({f"train_{k}": v / sums["seen"] for k, v in sums.items() if k != "seen"})
+    record["train_acc"] = record.pop("train_correct")
+    y_train = torch.from_numpy(s.data.y[s.train_idx])
+    record.update(
+        {
+            "resampled": weighted.resampled,
+            "ess": ess_fraction * len(weights),
+            "ess_fraction": ess_fraction,
+            "ess_by_class": {
+                name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
+                for c, name in enumerate(s.data.classes)
+                if (y_train == c).any()
+            },
+            "seconds": seconds,
+            "images_per_s": len(draw) / seconds,
+            "processes": cluster.world,
+            "lr": s.scheduler.get_last_lr()[0],
+        }
+    )
+    return record
+
+
+def _validate(s: _Setup) -> dict[str, Any]:
+    """Return the validation accuracy, overall and per group."""
+    if len(s.val_idx) == 0:
+        return {"val_acc": None, "val_acc_by_group": None}
+    _, probs = encode(s.model, s.data.images, s.val_idx, device=s.device)
+    correct = probs.argmax(1).numpy() == s.data.y[s.val_idx]
+    return {
+        "val_acc": float(correct.mean()),
+        "val_acc_by_group": group_accuracy(
+            s.data.frame.iloc[s.val_idx], correct, s.data.group_columns
+        ),
+    }
+
+
+def _checkpoint(s: _Setup, epoch: int, history: list[dict[str, Any]], run_dir: Path) -> None:
+    """Save everything a resumed run needs, then the metrics file the checkpoint vouches for."""
+    runfolder.save_checkpoint(
+        run_dir / runfolder.CHECKPOINT,
+        {
+            "format": 1,
+            "debias_version": debias.__version__,
+            "epoch": epoch + 1,
+            "classes": s.data.classes,
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict() if s.scaler.is_enabled() else None,
+            "sampler_rng": s.sampler_rng.get_state(),
+            "metrics": json.dumps(history),
+        },
+    )
+    files.write_jsonl(run_dir / runfolder.METRICS, history)
+
+
+def _write_samples(
+    s: _Setup, last: EpochWeights | None, weighting: Weighting, run_dir: Path
+) -> None:
+    """Write ``samples.csv`` and ``density.pt`` from the final model.
+
+    ``samples.csv``: each image's split, label, groups, latent log-density within its class and
+    the sampling weight the last epoch actually drew by. ``density.pt``: one class-free density
+    of the training images the VAE models — what audits and outlier scores compare new images
+    against.
+    """
+    data, config = s.data, s.config
+    frame = data.frame.drop(columns=["split"], errors="ignore").copy()
+    frame.insert(2, "split", "")
+    frame.loc[s.train_idx, "split"] = "train"
+    frame.loc[s.val_idx, "split"] = "val"
+    if last is None:  # a resumed run that had nothing left to train: the current weights
+        last = weighting.epoch_weights(_epoch_view(s, config.epochs - 1))
+    frame["sampling_weight"] = np.nan
+    frame.loc[s.train_idx, "sampling_weight"] = last.weights.double().numpy()
+    y = torch.from_numpy(data.y)
+    mu_train, _ = encode(s.model, data.images, s.train_idx, device=s.device)
+    by_class = histogram_for(config).fit(mu_train, y[s.train_idx])
+    frame["latent_log_density"] = np.nan
+    frame.loc[s.train_idx, "latent_log_density"] = by_class.log_density_.numpy()
+    if len(s.val_idx):
+        mu_val, _ = encode(s.model, data.images, s.val_idx, device=s.device)
+        frame.loc[s.val_idx, "latent_log_density"] = by_class.score_samples(
+            mu_val, y[s.val_idx]
+        ).numpy()
+    modelled = s.class_mask[y[s.train_idx]] > 0
+    runfolder.save_checkpoint(
+        run_dir / runfolder.DENSITY, training_density(config, mu_train[modelled]).state()
+    )
+    files.write_csv(run_dir / runfolder.SAMPLES, frame)
+
+
+def training_density(config: TrainConfig, mu: torch.Tensor) -> LatentHistogram:
+    """Fit the class-free latent density of training faces ``mu`` ``(N, K)`` (``density.pt``)."""
+    return LatentHistogram(
+        bins=config.bins, alpha=config.alpha, n_components=config.density_components
+    ).fit(mu)
+
+
+def _write_config(s: _Setup, run_dir: Path) -> None:
+    files.write_json(
+        run_dir / runfolder.CONFIG,
+        {
+            "debias_version": debias.__version__,
+            "train": s.config.to_dict(),
+            "data": {
+                "classes": s.data.classes,
+                "layout": s.data.layout,
+                "source": s.data.source,
+                "group_columns": s.data.group_columns,
+                "positive_class": s.positive,
+                "n_train": len(s.train_idx),
+                "n_val": len(s.val_idx),
+                "n_skipped": len(s.data.skipped),
+            },
+            "device": str(s.device),
+            "processes": s.cluster.world,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def split_indices(data: FaceData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices: the data set's own partition, else stratified by class.
+
+    A partition without validation rows (train/ and test/ folders only) gets its validation
+    split drawn from its training rows, as data without a partition does.
+    """
+    pool = np.arange(len(data.y))
+    if "split" in data.frame.columns:
+        split = data.frame["split"].to_numpy()
+        pool = np.flatnonzero(split == "train")
+        if (split == "val").any():
+            return pool, np.flatnonzero(split == "val")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in range(len(data.classes)):
+        members = rng.permutation(pool[data.y[pool] == c])
+        n_val = int(round(val_fraction * len(members)))
+        if val_fraction > 0 and len(members) > 1:
+            n_val = max(n_val, 1)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def vae_mask_for(config: TrainConfig, classes: list[str]) -> tuple[torch.Tensor, str | None]:
+    """Per-class 1/0 mask of the classes the VAE models, and the positive class if there is one."""
+    mode = config.vae_on
+    positive = config.positive_class
+    if mode == "auto":
+        mode = "positive" if (positive is not None or "face" in classes) else "all"
+    if mode == "all":
+        return torch.ones(len(classes)), None
+    positive = positive if positive is not None else named_positive(classes)
+    if positive is None or positive not in classes:
+        raise errors.ConfigError(errors.POSITIVE_CLASS.format(classes=", ".join(classes)))
+    return torch.tensor([float(c == positive) for c in classes]), positive
+
+
+def group_accuracy(
+    frame: pd.DataFrame, correct: np.ndarray, columns: list[str]
+) -> dict[str, dict[str, float]]:
+    """Accuracy per value of each group column (empty values are not a group)."""
+    out: dict[str, dict[str, float]] = {}
+    for column in columns:
+        values = frame[column].astype(str).to_numpy()
+        out[column] = {
+            v: float(correct[values == v].mean()) for v in sorted(set(values)) if v != ""
+        }
+    return out
+
+
+def draw_epoch(
+    weights: torch.Tensor, train_idx: np.ndarray, n: int, generator: torch.Generator
+) -> np.ndarray:
+    """Draw the epoch's weighted sample: ``n`` training rows, with replacement, by ``weights``.
+
+    Every rank draws the same (same weights, same generator state); each trains on its block.
+    """
+    return train_idx[torch.multinomial(weights, n, replacement=True, generator=generator).numpy()]
+
+
+def _accumulate(sums: dict[str, float], loss: Loss, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Add one batch's sums of the loss terms (VAE terms over the samples it models)."""
+    n = len(y)
+    sums["loss"] += loss.total.item() * n
+    sums["classification"] += loss.classification.sum().item()
+    sums["reconstruction"] += (loss.reconstruction * loss.vae_mask).sum().item()
+    sums["kl"] += (loss.kl * loss.vae_mask).sum().item()
+    sums["correct"] += int((logits.argmax(1) == y).sum())
+    sums["seen"] += n
+
+
+def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+    if schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``--precision`` on ``device``; None trains in float32."""
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda":
+        return torch.float16
+    return None
+
+
+def _cache_name(cluster: distributed.Cluster) -> str:
+    # ranks decode on their own: one memory-mapped cache each, never one written by two
+    return runfolder.CACHE if not cluster.distributed else f"cache-rank{cluster.rank}.npy"
+
+
+def _epoch_generator(
+    seed: int, epoch: int, rank: int, stream: int, device: torch.device
+) -> torch.Generator:
+    """Return a generator for one (epoch, rank, stream): repeatable, different across ranks."""
+    state = np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device).manual_seed(int(state) >> 1)

@@ -1,0 +1,100 @@
+"""Every user-facing message is a named constant; every config field is a CLI option.
+
+Messages live in ``debias/errors.py`` so tests can match them and users read the same words
+everywhere; options map one-to-one onto config fields, so nothing set on the command line is
+silently dropped and nothing in a config is out of the user's reach.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from debias.config import ModelConfig, TrainConfig
+from debias.fairness.audit import AuditOptions
+from debias.jobs.audit import AuditConfig
+from debias.jobs.outliers import OutlierConfig
+from debias.jobs.report import ReportConfig
+from debias_cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ERROR_CLASSES = {"DebiasError", "DataError", "ConfigError", "RunError"}
+
+
+def _is_named_message(node: ast.expr) -> bool:
+    """``errors.NAME`` or ``errors.NAME.format(...)``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if node.func.attr == "format":
+            node = node.func.value
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "errors"
+        and node.attr.isupper()
+    )
+
+
+def _inline_messages() -> list[str]:
+    found = []
+    for path in [*(ROOT / "debias").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = (
+                node.func.attr
+                if isinstance(node.func, ast.Attribute)
+                else getattr(node.func, "id", "")
+            )
+            if name in ERROR_CLASSES and node.args and not _is_named_message(node.args[0]):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_error_message_is_a_named_constant() -> None:
+    assert _inline_messages() == []
+
+
+def test_the_check_finds_an_inline_message(tmp_path: Path) -> None:
+    inline = ast.parse('raise errors.DataError(f"{path}: broken. Fix it.")').body[0]
+    named = ast.parse("raise errors.DataError(errors.NO_SUCH_FILE.format(path=p))").body[0]
+    assert not _is_named_message(inline.exc.args[0])
+    assert _is_named_message(named.exc.args[0])
+
+
+def _option_names(command) -> set[str]:  # noqa: ANN001
+    return set(inspect.signature(command).parameters)
+
+
+# Config fields the command line deliberately does not set, with the reason.
+HIDDEN = {
+    ("train", "out"): "set by --out, which is also the --resume folder",
+    ("train", "model"): "the ModelConfig's fields are options of their own",
+    ("audit", "options"): "the AuditOptions' fields are options of their own",
+    ("outliers", "components"): "filled in by the job: what was combined",
+}
+# Options that are not fields of the command's config, with the reason.
+NOT_FIELDS = {
+    ("train", "resume"): "the run folder to continue",
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "configs"),
+    [
+        ("train", [TrainConfig, ModelConfig]),
+        ("audit", [AuditConfig, AuditOptions]),
+        ("outliers", [OutlierConfig]),
+        ("report", [ReportConfig]),
+    ],
+)
+def test_cli_options_and_config_fields_match(command: str, configs: list[type]) -> None:
+    fields = {f.name for c in configs for f in dataclasses.fields(c)}
+    options = _option_names(getattr(cli, command))
+    hidden = {field for (cmd, field) in HIDDEN if cmd == command}
+    extra = {option for (cmd, option) in NOT_FIELDS if cmd == command}
+    assert fields - hidden - options == set(), "config fields without a CLI option"
+    assert options - fields - extra == set(), "CLI options without a config field"
