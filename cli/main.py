@@ -153,6 +153,28 @@ def train(
             + _default(TrainConfig, "ess_fraction")
         ),
     ] = None,
+    weighting: Annotated[
+        str | None,
+        typer.Option(
+            help="How each epoch's draws are weighted: rarity (the DB-VAE's latent histograms), "
+            "errors (what an early plain model gets wrong gets --error-share of its class) or "
+            "errors+rarity." + _default(TrainConfig, "weighting")
+        ),
+    ] = None,
+    error_epoch: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs of plain training before the error set is frozen."
+            + _default(TrainConfig, "error_epoch")
+        ),
+    ] = None,
+    error_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of each class's draws its error set gets."
+            + _default(TrainConfig, "error_share")
+        ),
+    ] = None,
     warmup_epochs: Annotated[
         int | None, typer.Option(help=_default(TrainConfig, "warmup_epochs"))
     ] = None,

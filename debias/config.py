@@ -16,6 +16,7 @@ VaeOn = Literal["auto", "all", "positive"]
 Recon = Literal["l1", "l2"]
 LrSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "bfloat16"]
+WeightingName = Literal["rarity", "errors", "errors+rarity"]
 
 
 @dataclass
@@ -65,6 +66,12 @@ class TrainConfig:
     # Resample so each group combination weighs the same within its class. It reads group labels:
     # for users who have them, and for the oracle the label-free DB-VAE is benchmarked against.
     balance_groups: list[str] | None = None
+    # How each epoch's draws are weighted (debias/weighting.py): "rarity" is the DB-VAE's latent
+    # histograms; "errors" gives what an early plain model gets wrong a share of each class's
+    # draws; "errors+rarity" spreads both parts of each class by latent rarity.
+    weighting: WeightingName = "rarity"
+    error_epoch: int = 3  # epochs of plain training before the error set is frozen
+    error_share: float = 0.5  # share of each class's draws its error set gets
     vae_on: VaeOn = "auto"  # auto: "positive" when a class is called "face" (detection), else "all"
     positive_class: str | None = None  # the class the VAE models with vae_on="positive"
     kl_weight: float = 5e-4  # the lab's value: a weak KL keeps latents informative
@@ -127,6 +134,20 @@ class TrainConfig:
             "Pass e.g. 0.5, or 0 to use alpha alone.",
         )
         check_option(
+            0 < self.error_share < 1,
+            "error_share",
+            self.error_share,
+            "must be in (0, 1)",
+            "Pass e.g. 0.5.",
+        )
+        check_option(
+            isinstance(self.error_epoch, int) and self.error_epoch >= 1,
+            "error_epoch",
+            self.error_epoch,
+            "must be a whole number above 0",
+            "Pass e.g. 2.",
+        )
+        check_option(
             self.warmup_epochs >= 0,
             "warmup_epochs",
             self.warmup_epochs,
@@ -135,6 +156,7 @@ class TrainConfig:
         )
         for name, allowed in (
             ("combine", Combine),
+            ("weighting", WeightingName),
             ("vae_on", VaeOn),
             ("recon", Recon),
             ("lr_schedule", LrSchedule),

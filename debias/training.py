@@ -132,10 +132,10 @@ def _fit(
         listener = SilentListener()
     data = _load(config, run_dir, cluster, listener)
     s = _set_up(config, data, device, cluster)
-    history = _restore(s, state, run_dir) if state is not None else []
+    weighting = weighting_for(config)
+    history = _restore(s, weighting, state, run_dir) if state is not None else []
     if cluster.main:
         _write_config(s, run_dir)
-    weighting = weighting_for(config)
     last: EpochWeights | None = None
     for epoch in range(len(history), config.epochs):
         distributed.sync_buffers(s.model, cluster)
@@ -145,7 +145,7 @@ def _fit(
             continue
         record.update(_validate(s))
         history.append(record)
-        _checkpoint(s, epoch, history, run_dir)
+        _checkpoint(s, weighting, epoch, history, run_dir)
         listener.epoch_end(record)
     if cluster.main:
         _write_samples(s, last, weighting, run_dir)
@@ -258,8 +258,10 @@ def _set_up(
     )
 
 
-def _restore(s: _Setup, state: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
-    """Load a checkpoint into the set-up; return the metrics of the epochs it holds."""
+def _restore(
+    s: _Setup, weighting: Weighting, state: dict[str, Any], run_dir: Path
+) -> list[dict[str, Any]]:
+    """Load a checkpoint into the set-up and the weighting; return its epochs' metrics."""
     if state["classes"] != s.data.classes:
         raise errors.RunError(
             errors.RESUME_CLASSES.format(
@@ -272,6 +274,7 @@ def _restore(s: _Setup, state: dict[str, Any], run_dir: Path) -> list[dict[str, 
     if state.get("scaler"):
         s.scaler.load_state_dict(state["scaler"])
     s.sampler_rng.set_state(state["sampler_rng"])
+    weighting.load_state_dict(state.get("weighting") or {})
     history = json.loads(state["metrics"])
     # The checkpoint carries the metrics of its epochs: a kill just before or after the metrics
     # file was updated neither loses a line nor repeats one.
@@ -390,7 +393,9 @@ def _validate(s: _Setup) -> dict[str, Any]:
     }
 
 
-def _checkpoint(s: _Setup, epoch: int, history: list[dict[str, Any]], run_dir: Path) -> None:
+def _checkpoint(
+    s: _Setup, weighting: Weighting, epoch: int, history: list[dict[str, Any]], run_dir: Path
+) -> None:
     """Save everything a resumed run needs, then the metrics file the checkpoint vouches for."""
     runfolder.save_checkpoint(
         run_dir / runfolder.CHECKPOINT,
@@ -404,6 +409,7 @@ def _checkpoint(s: _Setup, epoch: int, history: list[dict[str, Any]], run_dir: P
             "scheduler": s.scheduler.state_dict(),
             "scaler": s.scaler.state_dict() if s.scaler.is_enabled() else None,
             "sampler_rng": s.sampler_rng.get_state(),
+            "weighting": weighting.state_dict(),
             "metrics": json.dumps(history),
         },
     )

@@ -10,15 +10,23 @@ resampling never changes the class balance.
 - :class:`Uniform`: every row alike (the plain classifier, and every method's warm-up epochs);
 - :class:`LatentRarity`: the DB-VAE — per-class histograms of the latent means, rare latents
   drawn more often (:class:`debias.resample.LatentHistogram`);
+- :class:`ErrorFeedback`: after a few epochs of plain training, the training faces the model
+  gets wrong are frozen as an error set (the identification model of JTT, Liu et al. 2021) and
+  get a fixed share of their class's draws for the rest of the run; inside the error set and the
+  rest, another weighting (the DB-VAE's rarity, or none) spreads the weight;
 - :class:`GroupBalanced`: every combination of the given group columns weighs the same within
   its class. It reads group labels: the oracle the label-free methods are measured against.
+
+A method that learns something it must keep (the frozen error set) exposes it through
+``state_dict`` / ``load_state_dict``; the checkpoint carries it, so a resumed run draws as an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -83,13 +91,29 @@ class Weighting(Protocol):
     def epoch_weights(self, view: EpochView) -> EpochWeights:
         """Return the sampling weights of the epoch ``view`` describes."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return what the method learned and must keep across a resume (tensors, plain values)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class _Stateless:
+    """For methods that keep nothing between epochs."""
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        pass
+
 
 def uniform(n: int) -> EpochWeights:
     """Equal weights over ``n`` rows."""
     return EpochWeights(torch.full((n,), 1.0 / n), resampled=False)
 
 
-class Uniform:
+class Uniform(_Stateless):
     """Every row alike: the plain classifier's sampling."""
 
     def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
@@ -97,7 +121,7 @@ class Uniform:
 
 
 @dataclass
-class GroupBalanced:
+class GroupBalanced(_Stateless):
     """Every combination of ``columns`` weighs the same within its class (reads group labels)."""
 
     columns: list[str]
@@ -107,7 +131,7 @@ class GroupBalanced:
 
 
 @dataclass
-class LatentRarity:
+class LatentRarity(_Stateless):
     """The DB-VAE: rows in rare regions of their class's latent histograms are drawn more often.
 
     Rows the VAE does not model (non-faces in detection) carry no density to debias by and are
@@ -125,6 +149,75 @@ class LatentRarity:
         y = torch.from_numpy(view.y)
         fitted = self.histogram().fit(mu, y[view.modelled])
         return EpochWeights(spread(fitted.weights_, view.modelled), True)
+
+
+@dataclass
+class ErrorFeedback:
+    """Upweight the training faces an early plain model gets wrong (JTT-style error feedback).
+
+    For the first ``identify_epoch`` epochs the rows are drawn by ``warm`` (uniform: a plain
+    model, which learns whatever shortcut the data offers). Before epoch ``identify_epoch`` the
+    current model classifies every training row; the rows it gets wrong become the error set,
+    frozen for the rest of the run (a model trained on them would soon memorise them and the
+    signal would vanish). From then on, within each class, the error set gets ``share`` of the
+    class's draws and the other rows the rest; inside each part ``within`` (the DB-VAE's latent
+    rarity, or uniform) spreads the weight. A class without errors keeps ``within``'s weights.
+
+    Parameters
+    ----------
+    identify_epoch : int
+        Epochs of plain training before the error set is taken.
+    share : float
+        Share of each class's draws given to its error set, in (0, 1).
+    within : Weighting
+        Weights inside the error set and inside the rest.
+    """
+
+    identify_epoch: int = 3
+    share: float = 0.5
+    within: Weighting = field(default_factory=Uniform)
+    errors_: np.ndarray | None = None  # (N,) bool, frozen at identify_epoch
+
+    def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
+        if view.epoch < self.identify_epoch:
+            return uniform(len(view.y))
+        if self.errors_ is None:
+            _, probs = view.encoder(np.arange(len(view.y)))
+            self.errors_ = probs.argmax(1).numpy() != view.y
+        inner = self.within.epoch_weights(view).weights.double()
+        return EpochWeights(error_balanced(inner, self.errors_, view.y, self.share), True)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        errors = None if self.errors_ is None else torch.from_numpy(self.errors_)
+        return {"errors": errors, "within": self.within.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        errors = state.get("errors")
+        self.errors_ = None if errors is None else errors.numpy().astype(bool)
+        self.within.load_state_dict(state.get("within", {}))
+
+
+def error_balanced(
+    inner: torch.Tensor, errors: np.ndarray, y: np.ndarray, share: float
+) -> torch.Tensor:
+    """Give each class's error rows ``share`` of its weight, spread by ``inner`` within each part.
+
+    Each class keeps its share of the rows; a class with no errors, or only errors, keeps
+    ``inner``'s weights.
+    """
+    inner = inner.double()
+    w = inner.clone()
+    for c in np.unique(y):
+        members = y == c
+        parts = (members & errors, members & ~errors)
+        if not parts[0].any() or not parts[1].any():
+            w[members] = inner[members] / inner[members].sum()
+        else:
+            for part, part_share in zip(parts, (share, 1.0 - share), strict=True):
+                rows = torch.from_numpy(part)
+                w[rows] = inner[rows] / inner[rows].sum() * part_share
+        w[members] *= members.mean()  # the class keeps its share of the rows
+    return (w / w.sum()).float()
 
 
 def spread(modelled_weights: torch.Tensor, modelled: np.ndarray) -> torch.Tensor:
@@ -173,4 +266,8 @@ def weighting_for(config: TrainConfig) -> Weighting:
         return GroupBalanced(list(config.balance_groups))
     if config.baseline:
         return Uniform()
-    return LatentRarity(lambda: histogram_for(config), config.warmup_epochs)
+    rarity = LatentRarity(lambda: histogram_for(config), config.warmup_epochs)
+    if config.weighting == "rarity":
+        return rarity
+    within: Weighting = rarity if config.weighting == "errors+rarity" else Uniform()
+    return ErrorFeedback(config.error_epoch, config.error_share, within)

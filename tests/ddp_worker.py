@@ -46,6 +46,12 @@ class SpyWeighting:
         record["weights"].append(weighted.weights.tolist())
         return weighted
 
+    def state_dict(self):  # noqa: ANN201, D102
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):  # noqa: ANN001, D102
+        self.inner.load_state_dict(state)
+
 
 def spy_weighting_for(config):  # noqa: ANN001, ANN201, D103
     return SpyWeighting(weighting_for(config))
