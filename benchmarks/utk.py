@@ -232,12 +232,14 @@ def _paired(a: list[float], b: list[float]) -> str:
     return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{mark}"
 
 
-def write_report(out: Path, command: str, target: Path) -> None:
-    """Aggregate every result JSON under ``out`` into ``target``/RESULTS.md and results.json."""
+def write_report(
+    out: Path, command: str, target: Path, section: str = "utk", title: str = "issue 3"
+) -> None:
+    """Aggregate every result JSON under ``out`` into a section of ``target``/RESULTS.md."""
     records = [json.loads(p.read_text()) for p in sorted((out / "results").rglob("*.json"))]
     commands = sorted({r.get("command", command) for r in records})
     lines = [
-        "## Debiasing on real faces (issue 3)",
+        f"## Debiasing on real faces ({title})",
         "",
         "Produced by (each result records its command):",
         "",
@@ -335,8 +337,9 @@ def write_report(out: Path, command: str, target: Path) -> None:
     lines += ["## Methods", ""] + [
         f"- `{k}`: {m.description}; overrides `{m.overrides}`" for k, m in METHODS.items()
     ]
-    write_section(target / "RESULTS.md", "utk", "\n".join(lines))
-    (target / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_section(target / "RESULTS.md", section, "\n".join(lines))
+    name = "results.json" if section == "utk" else f"results-{section}.json"
+    (target / name).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def main() -> None:
@@ -360,6 +363,10 @@ def main() -> None:
         "e.g. ess30:ess_fraction=0.3 (repeatable)",
     )
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--section", default="utk", help="the RESULTS.md section to write (and results-NAME.json)"
+    )
+    parser.add_argument("--title", default="issue 3", help="the section's heading")
     parser.add_argument(
         "--report-dir",
         default=str(Path(__file__).parent),
@@ -409,7 +416,7 @@ def main() -> None:
                     f"var {record['variance']:.1f} ({record['wall_seconds']:.0f} s)",
                     flush=True,
                 )
-    write_report(out, command, Path(args.report_dir))
+    write_report(out, command, Path(args.report_dir), args.section, args.title)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from debias import distributed, errors
 from debias.config import ModelConfig, TrainConfig
-from debias.data import write_synthetic
+from debias.data import write_shortcut_synthetic, write_synthetic
 from debias.fairness.audit import AuditOptions
 from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.demo import write_demo
@@ -554,19 +554,38 @@ def demo(
 @data_app.command("synth")
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the data set into.")],
+    task: Annotated[
+        str,
+        typer.Option(
+            help="detect: faces vs non-faces, skewed by skin tone; glasses: glasses or not, with "
+            "skin tone as a shortcut (the demo's task)."
+        ),
+    ] = "detect",
     faces: Annotated[int, typer.Option(help="Number of face images.")] = 1200,
-    non_faces: Annotated[int, typer.Option(help="Number of non-face images.")] = 1200,
-    dark_fraction: Annotated[float, typer.Option(help="Share of faces with dark skin.")] = 0.1,
-    seed: Annotated[int, typer.Option()] = 0,
+    non_faces: Annotated[int, typer.Option(help="Number of non-face images (detect).")] = 1200,
+    dark_fraction: Annotated[
+        float, typer.Option(help="Share of faces with dark skin (detect).")
+    ] = 0.1,
+    shortcut: Annotated[
+        float,
+        typer.Option(help="Share of faces whose skin tone gives the answer away (glasses)."),
+    ] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the drawing.")] = 0,
 ) -> None:
-    """Write a synthetic, skewed face-detection data set (class folders + labels.csv)."""
+    """Write a synthetic data set (class folders + labels.csv): nothing to download."""
     with _errors():
-        if faces < 1 or non_faces < 1 or not 0 <= dark_fraction <= 1:
+        shares_ok = 0 <= dark_fraction <= 1 and 0 <= shortcut <= 1
+        if task not in ("detect", "glasses") or faces < 1 or non_faces < 1 or not shares_ok:
             raise errors.ConfigError(errors.BAD_SYNTH_OPTIONS)
-        labels = write_synthetic(
-            out, n_faces=faces, n_non_faces=non_faces, dark_fraction=dark_fraction, seed=seed
-        )
-    console.print(f"Wrote {faces + non_faces} images and {labels}")
+        if task == "glasses":
+            labels = write_shortcut_synthetic(out, n_faces=faces, shortcut=shortcut, seed=seed)
+            count = faces
+        else:
+            labels = write_synthetic(
+                out, n_faces=faces, n_non_faces=non_faces, dark_fraction=dark_fraction, seed=seed
+            )
+            count = faces + non_faces
+    console.print(f"Wrote {count} images and {labels}")
 
 
 def main() -> None:

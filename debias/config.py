@@ -68,10 +68,17 @@ class TrainConfig:
     balance_groups: list[str] | None = None
     # How each epoch's draws are weighted (debias/weighting.py): "rarity" is the DB-VAE's latent
     # histograms; "errors" gives what an early plain model gets wrong a share of each class's
-    # draws; "errors+rarity" spreads both parts of each class by latent rarity.
-    weighting: WeightingName = "rarity"
-    error_epoch: int = 3  # epochs of plain training before the error set is frozen
-    error_share: float = 0.5  # share of each class's draws its error set gets
+    # draws; "errors+rarity" spreads both parts of each class by latent rarity. errors+rarity at
+    # a share of 0.25 beat rarity alone on utk-gender and utk-age without costing utk-detect
+    # (benchmarks/RESULTS.md, section label-free).
+    weighting: WeightingName = "errors+rarity"
+    # plain epochs before the error set is frozen: the shortcut is learnt by then, the errors not
+    # yet memorised (2 and 5 were no better on utk-age; benchmarks/experiments/error-feedback.md)
+    error_epoch: int = 3
+    # share of each class's draws its error set gets: 0.5 gains 11 points on utk-age's shortcut
+    # but costs 2.6 points of mean accuracy on utk-gender, where errors are hard faces, not a
+    # group; 0.8 loses 12 points of utk-gender's worst cell
+    error_share: float = 0.25
     vae_on: VaeOn = "auto"  # auto: "positive" when a class is called "face" (detection), else "all"
     positive_class: str | None = None  # the class the VAE models with vae_on="positive"
     kl_weight: float = 5e-4  # the lab's value: a weak KL keeps latents informative

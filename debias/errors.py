@@ -167,7 +167,10 @@ MODEL_NEEDS_DATA = "--model needs images to predict on. Pass --data FOLDER or --
 
 # Inputs in general
 NO_DATA = "No data given. Pass --data FOLDER or --labels FILE."
-BAD_SYNTH_OPTIONS = "--faces and --non-faces must be at least 1 and --dark-fraction in [0, 1]."
+BAD_SYNTH_OPTIONS = (
+    "--task must be detect or glasses, --faces and --non-faces at least 1, and --dark-fraction "
+    "and --shortcut in [0, 1]."
+)
 
 # Outliers
 NO_VALIDATION_FACES = (

@@ -225,7 +225,7 @@ def gather_facts(
     run_config = runfolder.read_config(run)
     metrics = runfolder.read_metrics(run)
     baseline_metrics = runfolder.read_metrics(baseline) if baseline else []
-    skipped = pd.read_csv(Path(run) / runfolder.SKIPPED, keep_default_na=False)
+    skipped = runfolder.read_skipped(run)
     facts = ReportFacts(
         name=name,
         created=datetime.now().isoformat(timespec="seconds"),

@@ -90,6 +90,14 @@ def read_samples(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
+def read_skipped(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Return a run's ``skipped.csv``: the unreadable files (``path``, ``reason``)."""
+    path = Path(run_dir) / SKIPPED
+    if not path.is_file():
+        return pd.DataFrame(columns=["path", "reason"])
+    return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+
 def load_density(run_dir: str | os.PathLike[str]) -> LatentHistogram | None:
     """Return the latent density of the run's training faces, or None if it has none saved."""
     path = Path(run_dir) / DENSITY

@@ -162,6 +162,8 @@ class ErrorFeedback:
     signal would vanish). From then on, within each class, the error set gets ``share`` of the
     class's draws and the other rows the rest; inside each part ``within`` (the DB-VAE's latent
     rarity, or uniform) spreads the weight. A class without errors keeps ``within``'s weights.
+    Every class gets its error set, also classes the VAE does not model: a detector's missed
+    faces and its false alarms alike.
 
     Parameters
     ----------
@@ -174,7 +176,7 @@ class ErrorFeedback:
     """
 
     identify_epoch: int = 3
-    share: float = 0.5
+    share: float = 0.25
     within: Weighting = field(default_factory=Uniform)
     errors_: np.ndarray | None = None  # (N,) bool, frozen at identify_epoch
 

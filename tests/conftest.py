@@ -149,6 +149,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         data=str(root / "synth"),
         out=str(root / "run"),
         epochs=3,
+        weighting="rarity",  # the paper's DB-VAE: the outlier and report tests read its latents
         batch_size=32,
         model=ModelConfig(image_size=32, latent_dim=16, filters=8, hidden=64),
     )

@@ -65,6 +65,7 @@ training.train(
         data=data,
         out=str(out),
         epochs=2,
+        error_epoch=1,  # the error set is taken before epoch 2, from probabilities every rank
         batch_size=BATCH,
         device="cpu",
         model=ModelConfig(image_size=32, latent_dim=8, filters=4, hidden=32),

@@ -340,3 +340,20 @@ def test_celeba_with_a_broken_partition_file_names_it(celeba_dir: Path) -> None:
     (celeba_dir / "list_eval_partition.txt").write_text("000001.jpg 0 extra\n000002.jpg 1\n")
     with pytest.raises(DataError, match=r"list_eval_partition.txt: not a CelebA partition file"):
         load_data(celeba_dir, target="Male", image_size=16)
+
+
+def test_shortcut_set_has_the_shortcut_it_promises(tmp_path: Path) -> None:
+    from debias.data import write_shortcut_synthetic
+
+    train = pd.read_csv(write_shortcut_synthetic(tmp_path / "t", n_faces=400, seed=0))
+    held_out = pd.read_csv(write_shortcut_synthetic(tmp_path / "h", n_faces=400, shortcut=0.5))
+    agrees = (train["skin_tone"] == "dark") == (train["label"] == "glasses")
+    assert 0.92 <= agrees.mean() <= 0.98  # 95% give the answer away
+    assert (train["glasses"] == "yes").eq(train["label"] == "glasses").all()
+    cells = held_out.groupby(["label", "skin_tone"]).size()
+    assert len(cells) == 4 and cells.min() >= 70  # every cell alike when there is no shortcut
+    data = load_data(tmp_path / "t", image_size=32)
+    assert data.classes == ["glasses", "no_glasses"] and data.group_columns == [
+        "skin_tone",
+        "glasses",
+    ]

@@ -85,7 +85,9 @@ def test_weighting_for_reads_the_config() -> None:
 
 
 def test_error_feedback_run_resumes_with_its_frozen_error_set(labels_dir, tmp_path) -> None:
-    config = dict(data=str(labels_dir), weighting="errors", error_epoch=1, epochs=3)
+    config = dict(
+        data=str(labels_dir), weighting="errors", error_epoch=1, error_share=0.5, epochs=3
+    )
     whole = train(tiny_config(out=str(tmp_path / "whole"), **config))
     assert [m["resampled"] for m in whole.metrics] == [False, True, True]
     errors = load_checkpoint(tmp_path / "whole" / "checkpoint.pt")["weighting"]["errors"]

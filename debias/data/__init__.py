@@ -2,7 +2,7 @@
 
 from debias.data.decode import IMAGE_EXTENSIONS, UnreadableImage, decode_images, load_image
 from debias.data.manifest import FaceData, Manifest, load_data, read_manifest
-from debias.data.synth import write_synthetic
+from debias.data.synth import write_shortcut_synthetic, write_synthetic
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -13,5 +13,6 @@ __all__ = [
     "load_data",
     "load_image",
     "read_manifest",
+    "write_shortcut_synthetic",
     "write_synthetic",
 ]

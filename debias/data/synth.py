@@ -1,9 +1,15 @@
 """Procedurally drawn synthetic faces and non-faces, so the tool can be tried with no download.
 
-The composition is skewed on purpose (by default 90% of faces have light skin), and the ground-truth
-attributes are written to ``labels.csv`` so audits and reports have groups to measure. Faces with
-dark skin are also harder: their features have less contrast, like under-exposed photos of real
-dark-skinned faces, so a plain classifier trained on the skewed set does worst on them.
+Two data sets, each with its ground-truth attributes in ``labels.csv`` so audits and reports have
+groups to measure:
+
+- :func:`write_synthetic`: face detection (faces vs non-faces), skewed on purpose (by default 90%
+  of faces have light skin). Dark-skinned faces are also harder: their features have less
+  contrast, like under-exposed photos of real dark-skinned faces.
+- :func:`write_shortcut_synthetic`: does the face wear glasses? In the training set skin tone
+  agrees with the answer for most faces (dark skin with glasses, light skin without), as gender
+  goes with age in the shared data's ``utk-age`` task; skin tone is far easier to see than thin
+  glasses, so a plain classifier learns it and fails on the faces that break the rule.
 """
 
 from __future__ import annotations
@@ -152,6 +158,57 @@ def write_synthetic(
         path = f"not_face/{i:05d}.png"
         draw_non_face(rng, size).save(root / path)
         rows.append((path, "not_face", "", ""))
+    labels = root / "labels.csv"
+    tmp = labels.with_suffix(".csv.tmp")
+    pd.DataFrame(rows, columns=["path", "label", "skin_tone", "glasses"]).to_csv(tmp, index=False)
+    os.replace(tmp, labels)
+    return labels
+
+
+def write_shortcut_synthetic(
+    out: str | os.PathLike[str],
+    *,
+    n_faces: int = 1200,
+    shortcut: float = 0.95,
+    size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write a glasses-or-not data set in which skin tone is a shortcut to the answer.
+
+    Half of the faces wear glasses. A face's skin is dark when it wears glasses and light when it
+    does not — for a ``shortcut`` share of the faces; the others break the rule. A held-out set
+    drawn with ``shortcut=0.5`` has every (glasses, skin tone) cell alike.
+
+    Parameters
+    ----------
+    out : path-like
+        Folder to create (``glasses/``, ``no_glasses/`` and ``labels.csv``).
+    n_faces : int
+        How many faces.
+    shortcut : float
+        Share of faces whose skin tone agrees with the answer (0.5: no shortcut).
+    size : int
+        Image side in pixels.
+    seed : int
+        Seed of the drawing; the same seed writes the same images.
+
+    Returns
+    -------
+    pathlib.Path
+        The labels CSV (columns ``path,label,skin_tone,glasses``).
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(out)
+    rows = []
+    for label in ("glasses", "no_glasses"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+    for i in range(n_faces):
+        glasses = bool(rng.random() < 0.5)
+        dark = glasses if rng.random() < shortcut else not glasses
+        label = "glasses" if glasses else "no_glasses"
+        path = f"{label}/{i:05d}.png"
+        draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
+        rows.append((path, label, "dark" if dark else "light", "yes" if glasses else "no"))
     labels = root / "labels.csv"
     tmp = labels.with_suffix(".csv.tmp")
     pd.DataFrame(rows, columns=["path", "label", "skin_tone", "glasses"]).to_csv(tmp, index=False)
