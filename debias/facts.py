@@ -171,12 +171,13 @@ def model_card(run_config: dict[str, Any], audit: dict[str, Any] | None) -> Mode
         )
     return ModelCard(
         intended_use=f"Classifying images into {', '.join(data['classes'])}. Trained with the "
-        "DB-VAE, which resamples rare faces without reading group labels.",
+        "DB-VAE, which resamples faces without reading group labels.",
         training_data=f"{data['source']} ({data['layout']}): {data['n_train']} training and "
         f"{data['n_val']} validation images, {data['n_skipped']} unreadable files skipped.",
         method=f"{'plain classifier' if train['baseline'] else 'DB-VAE'}, {train['epochs']} "
-        f"epochs, latent {train['model']['latent_dim']}, {train['combine']} rule, ESS fraction "
-        f"{train['ess_fraction']}, seed {train['seed']}.",
+        f"epochs, latent {train['model']['latent_dim']}, "
+        + _weighting_words(train)
+        + f", seed {train['seed']}.",
         evaluation_data=(audit["config"].get("data") or audit["config"].get("labels") or "")
         if audit
         else "not audited",
@@ -191,6 +192,21 @@ def model_card(run_config: dict[str, Any], audit: dict[str, Any] | None) -> Mode
             "attributes differ.",
         ],
     )
+
+
+def _weighting_words(train: dict[str, Any]) -> str:
+    """How a run weighted its draws, in words (runs saved before error feedback: histograms)."""
+    histograms = (
+        f"latent histograms ({train['combine']} rule, ESS fraction {train['ess_fraction']})"
+    )
+    weighting = train.get("weighting", "rarity")
+    if train["baseline"] or weighting == "rarity":
+        return histograms
+    errors = (
+        f"error feedback (the errors of epoch {train['error_epoch']} get "
+        f"{train['error_share']:.0%} of each class's draws)"
+    )
+    return errors + (f" with {histograms}" if weighting == "errors+rarity" else "")
 
 
 def gather_facts(
