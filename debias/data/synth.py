@@ -158,11 +158,7 @@ def write_synthetic(
         path = f"not_face/{i:05d}.png"
         draw_non_face(rng, size).save(root / path)
         rows.append((path, "not_face", "", ""))
-    labels = root / "labels.csv"
-    tmp = labels.with_suffix(".csv.tmp")
-    pd.DataFrame(rows, columns=["path", "label", "skin_tone", "glasses"]).to_csv(tmp, index=False)
-    os.replace(tmp, labels)
-    return labels
+    return _write_labels(root, rows)
 
 
 def write_shortcut_synthetic(
@@ -209,6 +205,11 @@ def write_shortcut_synthetic(
         path = f"{label}/{i:05d}.png"
         draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
         rows.append((path, label, "dark" if dark else "light", "yes" if glasses else "no"))
+    return _write_labels(root, rows)
+
+
+def _write_labels(root: Path, rows: list[tuple[str, ...]]) -> Path:
+    """Write ``labels.csv`` (``path,label,skin_tone,glasses``) whole, then rename it into place."""
     labels = root / "labels.csv"
     tmp = labels.with_suffix(".csv.tmp")
     pd.DataFrame(rows, columns=["path", "label", "skin_tone", "glasses"]).to_csv(tmp, index=False)
