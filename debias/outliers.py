@@ -411,6 +411,12 @@ class LatentOutlierDetector:
         """Per image of ``X``: every component, the combined score, its p-value and the flags."""
         return self.table_from_scores(self.score_components(X, on_advance=on_advance))
 
+    @property
+    def table_columns(self) -> list[str]:
+        """The columns of :meth:`score_table`, in order."""
+        flags = ["combined", "p_value", "is_outlier", "rare_p_value", "is_rare"]
+        return [*self.components_, RARITY, *flags]
+
     def table_from_scores(self, scores: dict[str, np.ndarray]) -> pd.DataFrame:
         """Build the :meth:`score_table` table from :meth:`score_components` output."""
         combined = self.combine_scores(scores)
@@ -422,4 +428,4 @@ class LatentOutlierDetector:
         out["is_outlier"] = combined > self.threshold_
         out["rare_p_value"] = rare_p
         out["is_rare"] = rare_p <= self.rare_fraction
-        return out
+        return out[self.table_columns]

@@ -303,3 +303,44 @@ def test_evaluation_does_not_read_a_docstring(tmp_path: Path, monkeypatch) -> No
     result = job.evaluate(table, labels, SimpleNamespace(contamination=0.05), ["inlier"])
     assert result["convention"] == job.EVALUATION_CONVENTION
     assert result["types"]["noise"]["auroc"] == 1.0 and result["false_flag_rate"] == 0.0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2048])
+def test_a_chunk_of_unreadable_files_only_is_reported_not_a_crash(
+    synth_run: tuple[Path, Path], tmp_path: Path, chunk_size: int
+) -> None:
+    data, run = synth_run
+    folder = tmp_path / "u"
+    folder.mkdir()
+    (folder / "a.jpg").write_text("x")  # not an image
+    if chunk_size == 1:  # one bad file among good ones, each in a chunk of its own
+        for name in sorted((data / "face").iterdir())[:2]:
+            (folder / name.name).write_bytes(name.read_bytes())
+    report = write_outliers(
+        OutlierConfig(
+            model=str(run), data=str(folder), chunk_size=chunk_size, out=str(tmp_path / "o.csv")
+        )
+    )
+    bad = report.table[report.table["path"].str.endswith("a.jpg")]
+    assert len(bad) == 1 and bool(bad["is_outlier"].iloc[0]) and bad["reason"].iloc[0] != ""
+    assert len(report.table) == (3 if chunk_size == 1 else 1)
+    assert report.table["combined"].notna().sum() == len(report.table) - 1
+
+
+def test_outliers_cli_prints_a_scan_where_nothing_could_be_read(
+    synth_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from debias_cli.main import app
+
+    _, run = synth_run
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "a.jpg").write_text("x")
+    argv = ["outliers", "--model", str(run), "--data", str(tmp_path / "u")]
+    result = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps at 80 columns
+    assert "1 unreadable" in said and "a.jpg" in said
+    written = pd.read_csv(tmp_path / "o.csv")
+    assert list(written.columns[:2]) == ["path", "rank"] and "p_value" in written.columns

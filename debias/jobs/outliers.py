@@ -283,17 +283,21 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         chunk = paths[start : start + config.chunk_size]
         images, failures = decode_images(chunk, size)
         ok = np.setdiff1d(np.arange(len(chunk)), np.fromiter(failures, dtype=np.int64))
-        part = detector.score_table(images[ok])
-        part.insert(0, "path", [chunk[i] for i in ok])
-        part["reason"] = ""
+        if len(ok):  # a chunk of unreadable files only has nothing to score
+            part = detector.score_table(images[ok])
+            part.insert(0, "path", [chunk[i] for i in ok])
+            part["reason"] = ""
+            parts.append(part)
         bad = pd.DataFrame(
             {"path": [chunk[i] for i in failures], "reason": list(failures.values())}
         )
         bad["is_outlier"] = True  # an input that cannot be read is not a face the model knows
         bad["is_rare"] = False
-        parts += [part, bad]
+        parts.append(bad)
         listener.advance(len(chunk))
-    table = pd.concat(parts, ignore_index=True)
+    # When nothing could be read the table still has every column: flagged rows, no scores.
+    columns = ["path", *detector.table_columns, "reason"]
+    table = pd.concat(parts, ignore_index=True).reindex(columns=columns)
     table = table.sort_values("combined", ascending=False, na_position="first")
     table.insert(1, "rank", np.arange(1, len(table) + 1))
     table = table.reset_index(drop=True)
