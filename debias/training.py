@@ -166,6 +166,7 @@ class _Setup:
     positive: str | None
     device: torch.device
     cluster: distributed.Cluster
+    train_frame: pd.DataFrame  # the training rows' manifest, in train_idx order
     model: DBVAE
     trained: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
@@ -244,6 +245,7 @@ def _set_up(
         positive=positive,
         device=device,
         cluster=cluster,
+        train_frame=data.frame.iloc[train_idx].reset_index(drop=True),
         model=model,
         trained=trained,
         optimizer=optimizer,
@@ -301,7 +303,7 @@ def _epoch_view(s: _Setup, epoch: int) -> EpochView:
         epoch=epoch,
         y=y,
         modelled=(s.class_mask[torch.from_numpy(y)] > 0).numpy(),
-        frame=s.data.frame.iloc[s.train_idx].reset_index(drop=True),
+        frame=s.train_frame,
         encoder=encoder,
     )
 

@@ -62,10 +62,24 @@ class EpochView:
     encoder: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
     _cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
+    def encode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent means and probabilities of every row, encoded once per epoch."""
+        if "all" not in self._cache:
+            self._cache["all"] = self.encoder(np.arange(len(self.y)))
+        return self._cache["all"]
+
     def encode_modelled(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent means and probabilities of the modelled rows, encoded once per epoch."""
+        """Latent means and probabilities of the modelled rows, encoded once per epoch.
+
+        Taken from :meth:`encode_all` when a method already encoded every row this epoch.
+        """
         if "modelled" not in self._cache:
-            self._cache["modelled"] = self.encoder(np.flatnonzero(self.modelled))
+            if "all" in self._cache:
+                mu, probs = self._cache["all"]
+                mask = torch.from_numpy(self.modelled)
+                self._cache["modelled"] = (mu[mask], probs[mask])
+            else:
+                self._cache["modelled"] = self.encoder(np.flatnonzero(self.modelled))
         return self._cache["modelled"]
 
 
@@ -184,7 +198,7 @@ class ErrorFeedback:
         if view.epoch < self.identify_epoch:
             return uniform(len(view.y))
         if self.errors_ is None:
-            _, probs = view.encoder(np.arange(len(view.y)))
+            _, probs = view.encode_all()
             self.errors_ = probs.argmax(1).numpy() != view.y
         inner = self.within.epoch_weights(view).weights.double()
         return EpochWeights(error_balanced(inner, self.errors_, view.y, self.share), True)

@@ -65,7 +65,7 @@ def test_error_feedback_freezes_the_early_models_errors() -> None:
     first = method.epoch_weights(_view(0, y, probs, calls))
     assert not first.resampled and calls == []  # plain training: nothing encoded
     later = method.epoch_weights(_view(2, y, probs, calls))
-    assert later.resampled and calls == [8]
+    assert later.resampled and calls == [8]  # one pass for the errors and the rarity inside
     assert later.weights[3] == pytest.approx(0.25)  # half of class 0's half
     # the error set is frozen: an epoch where the model is right everywhere changes nothing
     right = np.array([[0.9, 0.1]] * 4 + [[0.1, 0.9]] * 4)
@@ -115,3 +115,17 @@ def test_error_feedback_run_resumes_with_its_frozen_error_set(labels_dir, tmp_pa
         members = (samples["label"] == label).to_numpy()
         share = weight[members & planted.numpy()].sum() / weight[members].sum()
         assert share == pytest.approx(0.5)  # the planted error set got its share
+
+
+def test_an_epoch_encodes_its_rows_once_however_many_methods_ask() -> None:
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.1, 0.9]])
+    calls: list = []
+    view = _view(0, y, probs, calls)
+    view.modelled = np.array([True, False, True, True])
+    mu_all, _ = view.encode_all()
+    mu_modelled, probs_modelled = view.encode_modelled()
+    view.encode_all()
+    assert calls == [4]
+    assert torch.equal(mu_modelled, mu_all[[0, 2, 3]])
+    assert torch.equal(probs_modelled, torch.from_numpy(probs[[0, 2, 3]]).float())
