@@ -353,6 +353,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per run (default: the cores shared by the jobs)"
+    )
     parser.add_argument("--out", default="benchmarks/out")
     parser.add_argument(
         "--variant",
@@ -395,7 +398,7 @@ def main() -> None:
                     path = out / "results" / task / method / f"seed{seed}.json"
                     if not path.exists():
                         jobs.append((task, method, seed, path))
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         with ProcessPoolExecutor(args.jobs) as pool:
             futures = [
                 (

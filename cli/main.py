@@ -1,7 +1,8 @@
 """The ``debias`` command line: parse options, call one library function, show progress.
 
-Every command runs inside ``_errors()``: a ``DebiasError`` becomes one ``Error: ...`` line on
-stderr and exit code 1 (``DEBIAS_DEBUG=1`` shows the traceback instead).
+Every command runs inside ``_errors()``: a ``DebiasError``, an error of the machine (disk full,
+read-only, permissions, memory) and, as a last resort, a bug each become one ``Error: ...`` line
+on stderr and exit code 1 (``DEBIAS_DEBUG=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -45,17 +46,30 @@ console = Console(quiet=distributed.from_env().rank > 0)
 err_console = Console(stderr=True)
 
 
+def _fail(message: str) -> None:
+    if os.environ.get("DEBIAS_DEBUG"):
+        raise
+    err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
 @contextmanager
 def _errors(resume_hint: Path | None = None) -> Iterator[None]:
     try:
         yield
+    except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+        raise
     except errors.DebiasError as exc:
-        if os.environ.get("DEBIAS_DEBUG"):
-            raise
-        err_console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(str(exc))
+    except Exception as exc:
+        # The machine's errors are the user's to fix; anything else is ours, still one line
+        message = errors.environment_message(exc) or errors.BUG.format(
+            kind=type(exc).__name__, reason=str(exc).splitlines()[0][:200] if str(exc) else "-"
+        )
+        _fail(message)
     except KeyboardInterrupt:
-        hint = f" Resume with: debias train --resume {resume_hint}" if resume_hint else ""
+        resumable = resume_hint is not None and (resume_hint / "config.json").is_file()
+        hint = f" Resume with: debias train --resume {resume_hint}" if resumable else ""
         err_console.print(f"Interrupted.{hint}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
@@ -102,7 +116,19 @@ def train(
     target: TargetOpt = None,
     groups: GroupsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<date-time>).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Finish the run in this folder (only --epochs, --device, --lr and a moved "
+            "--data/--labels may change)."
+        ),
+    ] = None,
+    allow_changed_data: Annotated[
+        bool,
+        typer.Option(
+            help="With --resume: go on although the data's files changed since the run started."
+        ),
+    ] = False,
     baseline: Annotated[bool, typer.Option(help="Train the plain classifier instead.")] = False,
     balance_groups: Annotated[
         str | None,
@@ -224,7 +250,8 @@ def train(
     given = {k: v for k, v in locals().items() if v is not None}
     with _errors(resume_hint=resume or out):
         if resume is not None:
-            extra = sorted(set(given) - {"resume", "epochs", "device", "baseline", "strict"})
+            may_change = {"resume", "epochs", "device", "lr", "data", "labels"}
+            extra = sorted(set(given) - may_change - {"baseline", "strict", "allow_changed_data"})
             if extra or baseline or strict:
                 raise errors.ConfigError(
                     errors.RESUME_OPTIONS.format(
@@ -234,7 +261,16 @@ def train(
                     )
                 )
             with RichListener(console) as listener:
-                result = resume_run(resume, epochs=epochs, device=device, listener=listener)
+                result = resume_run(
+                    resume,
+                    epochs=epochs,
+                    device=device,
+                    lr=lr,
+                    data=None if data is None else str(data),
+                    labels=None if labels is None else str(labels),
+                    allow_changed_data=allow_changed_data,
+                    listener=listener,
+                )
         else:
             if data is None and labels is None:
                 raise errors.ConfigError(errors.NO_DATA)

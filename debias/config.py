@@ -6,6 +6,7 @@ CLI options map one-to-one onto these fields. Each default says why it was chose
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +40,11 @@ class ModelConfig:
         )
         for name in ("latent_dim", "filters", "hidden"):
             _positive(name, getattr(self, name))
+        # Far beyond any face classifier of this design: a typo, not a model (and a traceback
+        # from the allocator otherwise)
+        for name, most in (("image_size", 512), ("latent_dim", 4096), ("filters", 512)):
+            _at_most(name, getattr(self, name), most)
+        _at_most("hidden", self.hidden, 16384)
 
 
 @dataclass
@@ -114,16 +120,36 @@ class TrainConfig:
         self.model.validate()
         for name in ("epochs", "batch_size", "bins"):
             _positive(name, getattr(self, name))
+        for name, most in (("epochs", 100_000), ("batch_size", 65_536), ("bins", 10_000)):
+            _at_most(name, getattr(self, name), most)
         for name in ("lr", "alpha"):
             value = getattr(self, name)
             check_option(
-                value > 0, name, value, "must be greater than 0", "Pass a positive number."
+                isinstance(value, int | float) and 0 < value < math.inf,
+                name,
+                value,
+                "must be a finite number above 0",
+                "Pass a positive number such as 5e-4.",
             )
         check_option(
-            self.kl_weight >= 0,
+            isinstance(self.seed, int) and 0 <= self.seed < 2**32,
+            "seed",
+            self.seed,
+            "must be a whole number from 0 to 2^32-1",
+            "Pass e.g. 0.",
+        )
+        check_option(
+            isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256,
+            "num_workers",
+            self.num_workers,
+            "must be a whole number from 0 (decode in this process) to 256",
+            "Pass 0, or about the number of cores.",
+        )
+        check_option(
+            isinstance(self.kl_weight, int | float) and 0 <= self.kl_weight < math.inf,
             "kl_weight",
             self.kl_weight,
-            "must not be negative",
+            "must be finite and not negative",
             "Pass 0 or a positive number.",
         )
         check_option(
@@ -200,6 +226,10 @@ def check_option(ok: bool, name: str, value: object, problem: str, fix: str) -> 
                 option=name.replace("_", "-"), value=value, problem=problem, fix=fix
             )
         )
+
+
+def _at_most(name: str, value: int, most: int) -> None:
+    check_option(value <= most, name, value, f"must be at most {most}", "Pass a smaller number.")
 
 
 def _positive(name: str, value: int) -> None:

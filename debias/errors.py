@@ -53,6 +53,7 @@ EMPTY_LABEL = (
     "{path}: {count} row(s) have an empty {column!r} (first: row {row}). "
     "Fill them in or remove those rows."
 )
+EMPTY_CSV = "{path}: has a header but no rows. {fix}"
 BAD_CSV = (
     "{path}: cannot be read as a CSV ({reason}). Save it as comma-separated text with a header row."
 )
@@ -85,13 +86,35 @@ RUN_FINISHED = (
     "{path}: this run already finished all {epochs} epochs. "
     "Pass a larger --epochs to train further."
 )
+RUN_NOT_FOUND = "{path}: folder not found. Pass the --out folder of a `debias train` run."
+RUN_NEVER_STARTED = (
+    "{path}: a training run was stopped here while it read its data, before it saved anything "
+    "to resume from. Train again with the same --out."
+)
+RUN_UNFINISHED = (
+    "{path}: training has not finished ({missing} missing: it was stopped or is still running). "
+    "Finish it with: debias train --resume {path}"
+)
+NO_CHECKPOINT_YET = (
+    "{path}: training stopped before its first epoch ended (no checkpoint.pt yet). "
+    "Finish it with: debias train --resume {path}"
+)
+RUN_IS_FILE = "{path}: is a file, not a run folder. Pass the --out folder of a `debias train` run."
 UNSAFE_CHECKPOINT = (
-    "{path}: refused to load: it is not a plain weights file ({reason}). "
-    "Only load checkpoints written by debias from a source you trust."
+    "{path}: refused to load: it holds Python objects a plain weights file does not ({reason}), "
+    "and loading them could run code. Only load checkpoints debias wrote."
+)
+DAMAGED_CHECKPOINT = (
+    "{path}: damaged or cut short (not a complete torch.save file). Train again into a new "
+    "--out, or restore the run folder from a copy."
+)
+RUN_MISMATCH = (
+    "{path}: its checkpoint does not fit its config.json ({reason}); the folder mixes two runs. "
+    "Train again into a new --out."
 )
 RESUME_OPTIONS = (
-    "--resume takes the configuration saved in {path}/config.json; only --epochs and --device "
-    "may change. Drop {options}."
+    "--resume takes the configuration saved in {path}/config.json; only --epochs, --device, --lr "
+    "and where the data is (--data, --labels) may change. Drop {options}."
 )
 
 PICKLED_MODEL = (
@@ -120,8 +143,9 @@ EMPTY_GROUP = (
     "Fill it in, or leave it out of --groups."
 )
 NO_GROUPS = (
-    "{path}: no group columns to audit by (columns: {columns}). Pass --groups COLUMN,... naming "
-    "attribute columns of the data."
+    "{path}: no group column to audit by (columns: {columns}; a column is used when it has 2 "
+    "to 20 distinct values). Pass --groups COLUMN,... naming attribute columns, or --embed-with "
+    "RUN for label-free slices alone."
 )
 
 # Training
@@ -134,8 +158,13 @@ RESUME_CLASSES = (
     "Resume with the data the run started with."
 )
 LOSS_NOT_FINITE = (
-    "{path}: the loss became {loss} in epoch {epoch}. "
-    "The last good checkpoint is kept; lower --lr and run --resume {path}."
+    "{path}: the loss became {loss} in epoch {epoch}. The last good checkpoint is kept; resume "
+    "with a lower learning rate: debias train --resume {path} --lr {lr}"
+)
+DATA_CHANGED = (
+    "{path}: the data in {data} changed since the run started (files added, removed, resized or "
+    "relabelled). Resume with the data the run started with, or pass --allow-changed-data to go "
+    "on with the data as it is now."
 )
 
 # Audit and report
@@ -173,6 +202,10 @@ BAD_SYNTH_OPTIONS = (
 )
 
 # Outliers
+OUTLIERS_MISMATCH = (
+    "{csv}: does not match {json} (they come from different runs of debias outliers; one was "
+    "stopped between the two files). Run debias outliers again."
+)
 NO_VALIDATION_FACES = (
     "{path}: the run has no validation faces to calibrate on. "
     "Train it with --val-fraction above 0 (the default is 0.1)."
@@ -190,3 +223,59 @@ TOO_FEW_CALIBRATION = (
     "{needed} (a few hundred or more for a steady rate)."
 )
 NO_IMAGE_FILES = "{path}: no image files found. Point {option} at a folder of images (any depth)."
+
+# Files and the environment
+DAMAGED_FILE = "{path}: {problem}. {fix}"
+OUT_IS_DIR = "{path}: is a folder, but a file goes here. Pass a file path, or remove the folder."
+OUT_IS_FILE = "{path}: is a file, but a folder goes here. Pass another --out, or remove the file."
+NOT_A_FILE = "{path}: is a folder, not a file. Pass the file inside it."
+LOCKED = (
+    "{path}: another debias process is writing it ({holder}). "
+    "Wait for it to finish, or pass another --out."
+)
+OUT_FOREIGN = (
+    "{path}: holds files that are not {what} (no {marker}), and writing there would replace "
+    "them. Pass a new or empty --out folder."
+)
+DISK_FULL = "{path}: the disk is full. Free some space on it, or pass an --out on another disk."
+READ_ONLY = "{path}: the file system is read-only. Pass an --out on a writable disk."
+NO_PERMISSION = (
+    "{path}: permission denied. Pass a path you can {access}, or change the permissions."
+)
+OS_PROBLEM = "{path}: {reason}. Check the path and the disk, then run the command again."
+OUT_OF_MEMORY = (
+    "Out of memory ({reason}). Use a smaller --batch-size, --image-size, --hidden or --latent-dim."
+)
+BUG = (
+    "debias stopped on an unexpected {kind}: {reason}. This is a bug in debias; please report "
+    "it with the command you ran (set DEBIAS_DEBUG=1 to see where it happened)."
+)
+
+
+def environment_message(exc: BaseException) -> str | None:
+    """One line for an error of the machine rather than of debias (disk, permissions, memory).
+
+    Returns None for anything else.
+    """
+    import errno  # here, not at the top: this module is otherwise only names and messages
+
+    if isinstance(exc, MemoryError):
+        return OUT_OF_MEMORY.format(reason="the machine ran out")
+    if isinstance(exc, RuntimeError) and any(
+        s in str(exc) for s in ("can't allocate memory", "out of memory", "not enough memory")
+    ):
+        return OUT_OF_MEMORY.format(reason=str(exc).splitlines()[0][:160])
+    if not isinstance(exc, OSError):
+        return None
+    path = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return DISK_FULL.format(path=path)
+    if exc.errno == errno.EROFS:
+        return READ_ONLY.format(path=path)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return NO_PERMISSION.format(path=path, access="read and write")
+    if exc.errno == errno.EEXIST or exc.errno == errno.ENOTDIR:
+        return OUT_IS_FILE.format(path=path)
+    if exc.errno == errno.EISDIR:
+        return NOT_A_FILE.format(path=path)
+    return OS_PROBLEM.format(path=path, reason=exc.strerror or exc)

@@ -8,7 +8,6 @@ trains or audits: a baseline comparison needs the baseline's audit folder, made 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,10 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from debias import errors, runfolder
+from debias import errors, files, runfolder
 from debias.fairness.audit import INTERSECTION
-
-AUDIT_FILE = "audit.json"
+from debias.jobs.audit import AUDIT_FILE, AuditConfig
 
 
 @dataclass
@@ -82,10 +80,48 @@ def read_audit(folder: str | Path) -> dict[str, Any]:
     RunError
         When the folder holds no ``audit.json``.
     """
-    path = Path(folder) / AUDIT_FILE
+    folder = Path(folder)
+    if folder.is_file():
+        raise errors.RunError(errors.NOT_AN_AUDIT.format(path=folder))
+    path = folder / AUDIT_FILE
     if not path.is_file():
         raise errors.RunError(errors.NOT_AN_AUDIT.format(path=folder))
-    return json.loads(path.read_text())
+    audit = files.read_json(path, RERUN_AUDIT)
+    problem = _audit_problem(audit)
+    if problem:
+        raise errors.RunError(
+            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=RERUN_AUDIT)
+        )
+    return audit
+
+
+RERUN_AUDIT = "Run debias audit again into this folder."
+_AUDIT_KEYS = {"config": dict, "n": int, "classes": list, "summary": dict, "notes": list}
+_AUDIT_KEYS |= {"by_group": list, "disparities": list}
+_ROW_KEYS = {"attribute", "group", "metric", "value", "ci_low", "ci_high", "judged"}
+_SUMMARY_KEYS = {"worst_group", "failing", "judged"}
+
+
+def _audit_problem(audit: dict[str, Any]) -> str | None:
+    """Say what makes an ``audit.json`` unusable (a missing or mistyped part), or return None."""
+    for key, kind in _AUDIT_KEYS.items():
+        if not isinstance(audit.get(key), kind):
+            return f"lacks {key!r} (or it is not a {kind.__name__})"
+    rows = audit["by_group"]
+    if not rows or not all(isinstance(r, dict) and _ROW_KEYS <= r.keys() for r in rows):
+        return "has by_group rows without " + ", ".join(sorted(_ROW_KEYS))
+    if not any(r["attribute"] == "overall" and r["metric"] == "accuracy" for r in rows):
+        return "has no overall accuracy"
+    numbers = [r[k] for r in rows for k in ("value", "ci_low", "ci_high")]
+    if not all(v is None or isinstance(v, int | float) for v in numbers):
+        return "has a by_group value that is not a number"
+    if not _SUMMARY_KEYS <= audit["summary"].keys():
+        return "has a summary without " + ", ".join(sorted(_SUMMARY_KEYS))
+    try:
+        AuditConfig.from_dict(audit["config"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "has a config this version cannot read"
+    return None
 
 
 def accuracy_rows(audit: dict[str, Any]) -> pd.DataFrame:

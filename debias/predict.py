@@ -293,6 +293,10 @@ def read_predictions_csv(
                 fix="Add the predicted labels as y_pred, or scores as score with --threshold.",
             )
         )
+    if not len(frame):
+        raise errors.DataError(
+            errors.EMPTY_CSV.format(path=path, fix="Add one row per audited image.")
+        )
     check_filled(frame, true_col, path)
     out = frame.rename(columns={true_col: "y_true"})
     if pred_col is not None:

@@ -9,12 +9,16 @@ model and the weighting methods do not know where they run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -79,11 +83,22 @@ def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResu
     if config.out is None and distributed.from_env().distributed:
         raise errors.ConfigError(errors.TORCHRUN_OUT)
     run_dir = Path(config.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if (run_dir / runfolder.CHECKPOINT).exists():
-        raise errors.RunError(errors.RUN_EXISTS.format(path=run_dir))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise errors.RunError(errors.OUT_IS_FILE.format(path=run_dir))
+    created = not run_dir.exists()
+    main = distributed.from_env().main  # under torchrun rank 0 checks and writes the folder
+    if not created and main:
+        runfolder.check_not_being_written(run_dir)
+        _refuse_existing_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(config, out=str(run_dir))
-    return _fit(config, run_dir, None, listener or SilentListener())
+    # Absolute data paths: the run can be resumed, audited and reported from any directory
+    config = dataclasses.replace(
+        config, out=str(run_dir), data=_absolute(config.data), labels=_absolute(config.labels)
+    )
+    with _writing(run_dir, created):
+        if main:
+            _refuse_existing_run(run_dir)  # again, holding the lock: another writer may have won
+        return _fit(config, run_dir, None, listener or SilentListener())
 
 
 def resume(
@@ -91,9 +106,16 @@ def resume(
     *,
     epochs: int | None = None,
     device: str | None = None,
+    lr: float | None = None,
+    data: str | None = None,
+    labels: str | None = None,
+    allow_changed_data: bool = False,
     listener: Listener | None = None,
 ) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint; it ends as an uninterrupted run would.
+    """Finish an interrupted run; it ends as an uninterrupted run would.
+
+    A run killed at any point resumes: before its first checkpoint it starts over from its
+    ``config.json``; after its last epoch it writes what it had not written yet.
 
     Parameters
     ----------
@@ -103,20 +125,66 @@ def resume(
         A new total number of epochs (to train further).
     device : str, optional
         Continue on another device.
+    lr : float, optional
+        A new peak learning rate from here on (after a loss that became NaN).
+    data, labels : str, optional
+        Where the run's data is now, if it moved. Its files must be the ones the run started with.
+    allow_changed_data : bool
+        Continue even though files were added, removed or changed since the run started.
     listener : Listener, optional
         Receives progress events.
+
+    Raises
+    ------
+    RunError
+        When the folder is not a run, is being written, has finished, or its data changed.
     """
     run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(runfolder.read_config(run_dir)["train"])
-    if epochs is not None:
-        config.epochs = epochs
-    if device is not None:
-        config.device = device
+    saved = runfolder.read_config(run_dir)
+    config = TrainConfig.from_dict(saved["train"])
+    changes = {"epochs": epochs, "device": device, "lr": lr}
+    changes.update({"data": _absolute(data), "labels": _absolute(labels)})
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     config.validate()
-    state = runfolder.load_checkpoint(run_dir / runfolder.CHECKPOINT)
-    if state["epoch"] >= config.epochs:
-        raise errors.RunError(errors.RUN_FINISHED.format(path=run_dir, epochs=config.epochs))
-    return _fit(config, run_dir, state, listener or SilentListener())
+    with _writing(run_dir, created=False):
+        checkpoint = run_dir / runfolder.CHECKPOINT
+        state = runfolder.load_checkpoint(checkpoint) if checkpoint.exists() else None
+        finished = all(
+            (run_dir / name).is_file() for name in (runfolder.SAMPLES, runfolder.DENSITY)
+        )
+        if state is not None and state.get("epoch", 0) >= config.epochs and finished:
+            raise errors.RunError(errors.RUN_FINISHED.format(path=run_dir, epochs=config.epochs))
+        fingerprint = None if allow_changed_data else saved["data"].get("fingerprint")
+        return _fit(config, run_dir, state, listener or SilentListener(), fingerprint)
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / runfolder.CHECKPOINT).exists() or (run_dir / runfolder.CONFIG).exists():
+        raise errors.RunError(errors.RUN_EXISTS.format(path=run_dir))
+
+
+@contextlib.contextmanager
+def _writing(run_dir: Path, created: bool) -> Iterator[None]:
+    """Hold the run's one-writer lock; remove a folder this call made if it failed too early.
+
+    Too early: before its first checkpoint, when there is nothing to resume from.
+
+    On torchrun only rank 0 writes the folder, so only it takes the lock.
+    """
+    if not distributed.from_env().main:
+        yield
+        return
+    with runfolder.write_lock(run_dir):
+        try:
+            yield
+        except Exception:
+            if created and not (run_dir / runfolder.CHECKPOINT).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume from
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,13 +192,19 @@ def resume(
 
 
 def _fit(
-    config: TrainConfig, run_dir: Path, state: dict[str, Any] | None, listener: Listener
+    config: TrainConfig,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    listener: Listener,
+    fingerprint: str | None = None,
 ) -> TrainResult:
     cluster = distributed.from_env()
     device = distributed.join(cluster, select_device(config.device))
     if not cluster.main:  # one progress display and one writer: rank 0
         listener = SilentListener()
     data = _load(config, run_dir, cluster, listener)
+    if fingerprint is not None and data_fingerprint(data) != fingerprint:
+        raise errors.RunError(errors.DATA_CHANGED.format(path=run_dir, data=data.source))
     s = _set_up(config, data, device, cluster)
     weighting = weighting_for(config)
     history = _restore(s, weighting, state, run_dir) if state is not None else []
@@ -277,6 +351,12 @@ def _restore(
         s.scaler.load_state_dict(state["scaler"])
     s.sampler_rng.set_state(state["sampler_rng"])
     weighting.load_state_dict(state.get("weighting") or {})
+    # A new --lr on resume replaces the peak the schedule decays from, from this step on
+    factor = s.scheduler.lr_lambdas[0](s.scheduler.last_epoch)
+    s.scheduler.base_lrs = [s.config.lr for _ in s.optimizer.param_groups]
+    for group in s.optimizer.param_groups:
+        group["initial_lr"] = s.config.lr
+        group["lr"] = s.config.lr * factor
     history = json.loads(state["metrics"])
     # The checkpoint carries the metrics of its epochs: a kill just before or after the metrics
     # file was updated neither loses a line nor repeats one.
@@ -345,7 +425,9 @@ def _train_epoch(
         )
         if not distributed.all_finite(loss.total, cluster):
             raise errors.DebiasError(
-                errors.LOSS_NOT_FINITE.format(path=run_dir, loss=loss.total.item(), epoch=epoch + 1)
+                errors.LOSS_NOT_FINITE.format(
+                    path=run_dir, loss=loss.total.item(), epoch=epoch + 1, lr=f"{config.lr / 10:g}"
+                )
             )
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss.total).backward()
@@ -476,6 +558,7 @@ def _write_config(s: _Setup, run_dir: Path) -> None:
                 "n_train": len(s.train_idx),
                 "n_val": len(s.val_idx),
                 "n_skipped": len(s.data.skipped),
+                "fingerprint": data_fingerprint(s.data),
             },
             "device": str(s.device),
             "processes": s.cluster.world,
@@ -485,6 +568,26 @@ def _write_config(s: _Setup, run_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Small pieces
+
+
+def data_fingerprint(data: FaceData) -> str:
+    """Hash the data's files (paths below its source, sizes) and labels.
+
+    Resuming compares it, so a run never silently continues on other data; paths are relative
+    so a moved data folder still matches.
+    """
+    source = Path(data.source)
+    root = source if source.is_dir() else source.parent
+    digest = hashlib.sha256()
+    paths = [*data.frame["path"], *(path for path, _ in data.skipped)]
+    labels = [*data.frame["label"].astype(str), *("" for _ in data.skipped)]
+    for path, label in sorted(zip(paths, labels, strict=True)):
+        try:
+            name, size = str(Path(path).relative_to(root)), os.path.getsize(path)
+        except (ValueError, OSError):
+            name, size = str(path), -1
+        digest.update(f"{name}\0{size}\0{label}\n".encode())
+    return digest.hexdigest()
 
 
 def split_indices(data: FaceData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

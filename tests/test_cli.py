@@ -78,8 +78,8 @@ def test_bad_options(
 
 
 def test_resume_rejects_other_options(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--lr", "0.1"])
-    _one_line_error(result, "only --epochs and --device may change")
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--batch-size", "8"])
+    _one_line_error(result, "may change. Drop --batch-size")
 
 
 def test_resume_of_a_non_run(tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ HIDDEN = {
 # Options that are not fields of the command's config, with the reason.
 NOT_FIELDS = {
     ("train", "resume"): "the run folder to continue",
+    ("train", "allow_changed_data"): "a decision about one resume, not part of the run",
 }
 
 

@@ -45,8 +45,21 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c.pt", {"w": torch.zeros(1000)})
     data = (tmp_path / "c.pt").read_bytes()
     (tmp_path / "c.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunError, match=r"c.pt: refused to load"):
+    with pytest.raises(RunError, match=r"c.pt: damaged or cut short"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+def test_poisoned_torch_checkpoint_is_refused_without_torchs_advice(tmp_path: Path) -> None:
+    # A real torch.save zip whose pickle names a callable: torch refuses it and goes on to
+    # suggest weights_only=False, which a user must never be told here.
+    marker = tmp_path / "ran"
+    torch.save({"model": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(RunError) as caught:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(caught.value)
+    assert "refused to load" in message and "GLOBAL" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:

@@ -140,6 +140,8 @@ def read_csv_table(csv_path: Path) -> pd.DataFrame:
     Every CSV the tool reads (labels, predictions, images to screen, evaluation labels) comes
     through here, so they share one missing-file error and one parse error.
     """
+    if csv_path.is_dir():
+        raise errors.DataError(errors.NOT_A_FILE.format(path=csv_path))
     if not csv_path.is_file():
         raise errors.DataError(errors.NO_SUCH_FILE.format(path=csv_path))
     try:

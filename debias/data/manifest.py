@@ -233,12 +233,6 @@ def load_data(
         frame = frame[frame["split"].isin(list(splits))]
     frame = frame.reset_index(drop=True)
     skipped = list(manifest.skipped)
-    if strict and skipped:
-        raise errors.DataError(
-            errors.UNREADABLE_STRICT.format(
-                path=skipped[0][0], reason=skipped[0][1], count=len(skipped)
-            )
-        )
 
     if on_start is not None:
         on_start(len(frame))
@@ -251,17 +245,16 @@ def load_data(
         on_advance=on_advance,
     )
     if failures:
-        if strict:
-            i, reason = next(iter(failures.items()))
-            raise errors.DataError(
-                errors.UNREADABLE_STRICT.format(
-                    path=frame["path"][i], reason=reason, count=len(failures) + len(skipped)
-                )
-            )
         skipped += [(frame["path"][i], reason) for i, reason in failures.items()]
         keep = np.setdiff1d(np.arange(len(frame)), np.fromiter(failures, dtype=np.int64))
         frame = frame.iloc[keep].reset_index(drop=True)
         images = _compact(images, keep)
+    if strict and skipped:  # after decoding every file, so the count is the whole count
+        raise errors.DataError(
+            errors.UNREADABLE_STRICT.format(
+                path=skipped[0][0], reason=skipped[0][1], count=len(skipped)
+            )
+        )
 
     if len(frame) == 0:
         raise errors.DataError(

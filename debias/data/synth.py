@@ -14,12 +14,15 @@ groups to measure:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
+
+from debias import files
 
 LIGHT_SKIN = ((236, 200, 170), (225, 185, 150), (245, 215, 190))
 DARK_SKIN = ((110, 72, 48), (90, 58, 38), (125, 85, 60))
@@ -123,7 +126,7 @@ def write_synthetic(
     Parameters
     ----------
     out : path-like
-        Folder to create (it may exist; files of the same name are overwritten).
+        Folder to create; a synthetic set already there is replaced.
     n_faces, n_non_faces : int
         How many images of each class.
     dark_fraction : float
@@ -145,20 +148,21 @@ def write_synthetic(
     >>> write_synthetic("faces", n_faces=100, n_non_faces=100)  # doctest: +SKIP
     """
     rng = np.random.default_rng(seed)
-    root = Path(out)
-    (root / "face").mkdir(parents=True, exist_ok=True)
-    (root / "not_face").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_faces):
-        dark, glasses = rng.random() < dark_fraction, rng.random() < glasses_fraction
-        path = f"face/{i:05d}.png"
-        draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
-        rows.append((path, "face", "dark" if dark else "light", "yes" if glasses else "no"))
-    for i in range(n_non_faces):
-        path = f"not_face/{i:05d}.png"
-        draw_non_face(rng, size).save(root / path)
-        rows.append((path, "not_face", "", ""))
-    return _write_labels(root, rows)
+    with _staged(out) as root:
+        (root / "face").mkdir()
+        (root / "not_face").mkdir()
+        rows = []
+        for i in range(n_faces):
+            dark, glasses = rng.random() < dark_fraction, rng.random() < glasses_fraction
+            path = f"face/{i:05d}.png"
+            draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
+            rows.append((path, "face", "dark" if dark else "light", "yes" if glasses else "no"))
+        for i in range(n_non_faces):
+            path = f"not_face/{i:05d}.png"
+            draw_non_face(rng, size).save(root / path)
+            rows.append((path, "not_face", "", ""))
+        _write_labels(root, rows)
+    return Path(out) / LABELS
 
 
 def write_shortcut_synthetic(
@@ -194,24 +198,30 @@ def write_shortcut_synthetic(
         The labels CSV (columns ``path,label,skin_tone,glasses``).
     """
     rng = np.random.default_rng(seed)
-    root = Path(out)
-    rows = []
-    for label in ("glasses", "no_glasses"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-    for i in range(n_faces):
-        glasses = bool(rng.random() < 0.5)
-        dark = glasses if rng.random() < shortcut else not glasses
-        label = "glasses" if glasses else "no_glasses"
-        path = f"{label}/{i:05d}.png"
-        draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
-        rows.append((path, label, "dark" if dark else "light", "yes" if glasses else "no"))
-    return _write_labels(root, rows)
+    with _staged(out) as root:
+        rows = []
+        for label in ("glasses", "no_glasses"):
+            (root / label).mkdir()
+        for i in range(n_faces):
+            glasses = bool(rng.random() < 0.5)
+            dark = glasses if rng.random() < shortcut else not glasses
+            label = "glasses" if glasses else "no_glasses"
+            path = f"{label}/{i:05d}.png"
+            draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
+            rows.append((path, label, "dark" if dark else "light", "yes" if glasses else "no"))
+        _write_labels(root, rows)
+    return Path(out) / LABELS
 
 
-def _write_labels(root: Path, rows: list[tuple[str, ...]]) -> Path:
-    """Write ``labels.csv`` (``path,label,skin_tone,glasses``) whole, then rename it into place."""
-    labels = root / "labels.csv"
-    tmp = labels.with_suffix(".csv.tmp")
-    pd.DataFrame(rows, columns=["path", "label", "skin_tone", "glasses"]).to_csv(tmp, index=False)
-    os.replace(tmp, labels)
-    return labels
+LABELS = "labels.csv"
+
+
+def _staged(out: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
+    """Stage a data set so it lands whole; a synthetic set is replaced, other files never are."""
+    return files.staged_folder(out, marker=LABELS, what="a synthetic data set")
+
+
+def _write_labels(root: Path, rows: list[tuple[str, ...]]) -> None:
+    """Write ``labels.csv`` (``path,label,skin_tone,glasses``)."""
+    frame = pd.DataFrame(rows, columns=["path", "label", "skin_tone", "glasses"])
+    frame.to_csv(root / LABELS, index=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,9 @@ from debias.progress import Listener, SilentListener
 from debias.slices import density_deciles, find_slices, slice_table
 
 DEFAULT_IMAGE_SIZE = 64
+
+
+AUDIT_FILE = "audit.json"  # written last into the set; what marks a folder as an audit
 
 
 @dataclass
@@ -108,12 +112,28 @@ class AuditConfig:
                         fix="Use e.g. 0.485,0.456,0.406 and 0.229,0.224,0.225.",
                     )
                 )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            check_option(
+                value is None or all(math.isfinite(v) for v in value),
+                name,
+                value,
+                "must be finite numbers",
+                "Use e.g. 0.485,0.456,0.406 and 0.229,0.224,0.225.",
+            )
         check_option(
-            self.image_size is None or self.image_size >= 8,
+            self.image_size is None or 8 <= self.image_size <= 4096,
             "image-size",
             self.image_size,
             "out of range",
-            "Use 8 or more",
+            "Use 8 to 4096, the size the model was trained at",
+        )
+        check_option(
+            0 < self.threshold < 1,
+            "threshold",
+            self.threshold,
+            "out of range",
+            "Use a probability strictly between 0 and 1, such as 0.5",
         )
         self.options.validate()
 
@@ -240,14 +260,19 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         images = data.images
         skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
 
+    embedder = config.embed_with or (
+        config.model if config.model and Path(config.model).is_dir() else None
+    )
+    if not groups and embedder is None:  # nothing to compare: an audit would pass vacuously
+        columns = [c for c in table.columns if c not in ("y_true", "y_pred", "score")]
+        raise errors.DataError(
+            errors.NO_GROUPS.format(path=source, columns=", ".join(columns) or "none")
+        )
     options = dataclasses.replace(config.options, groups=groups)
     config = dataclasses.replace(config, options=options, out=str(out))
     result = audit(table["y_true"], table["y_pred"], table[groups], options, classes=classes)
 
     slices = pd.DataFrame()
-    embedder = config.embed_with or (
-        config.model if config.model and Path(config.model).is_dir() else None
-    )
     if embedder is not None:
         if images is None:
             images = _images_for(table, embedder, notes, source)
@@ -257,11 +282,11 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
             "No label-free slices: pass --embed-with RUN (a DB-VAE run folder) to find them."
         )
 
-    out.mkdir(parents=True, exist_ok=True)
-    if config.predictions is None:
-        files.write_csv(out / "skipped.csv", skipped)
-    slices = _with_examples(out, slices, table, images)
-    _write(out, config, result, slices, table, notes)
+    with files.output_set(out, marker=AUDIT_FILE, what="a debias audit") as staging:
+        if config.predictions is None:
+            files.write_csv(staging / "skipped.csv", skipped)
+        slices = _with_examples(staging, slices, table, images)
+        _write(staging, config, result, slices, table, notes)
     return AuditReport(out, result, slices, table, notes)
 
 
@@ -410,7 +435,7 @@ def _write(
     files.write_csv(out / "slices.csv", flat)
     files.write_csv(out / "predictions.csv", table)
     files.write_json(
-        out / "audit.json",
+        out / AUDIT_FILE,
         {
             "debias_version": debias.__version__,
             "created": datetime.now().isoformat(timespec="seconds"),

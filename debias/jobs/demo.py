@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from debias import errors, runfolder
 from debias.config import TrainConfig
 from debias.data import write_shortcut_synthetic
 from debias.data.synth import draw_non_face
@@ -25,7 +26,7 @@ from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.outliers import OutlierConfig, write_outliers
 from debias.jobs.report import ReportConfig, write_report
 from debias.progress import Listener, SilentListener
-from debias.training import train
+from debias.training import resume, train
 
 
 def _incoming(test: Path, folder: Path, seed: int) -> Path:
@@ -83,6 +84,8 @@ def write_demo(
     """
     listener = listener or SilentListener()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise errors.RunError(errors.OUT_IS_FILE.format(path=out))
     data = out / "data"
     if not (data / "train" / "labels.csv").is_file():
         say(
@@ -97,9 +100,12 @@ def write_demo(
     for step, (name, baseline) in enumerate((("baseline", True), ("dbvae", False)), start=2):
         run = out / "runs" / name
         runs[name] = run
-        if (run / "samples.csv").is_file():  # written last: the run finished
+        if (run / runfolder.SAMPLES).is_file():  # written last: the run finished
             continue
         say(f"{step}/6 Training the {'plain classifier' if baseline else 'DB-VAE'}")
+        if (run / runfolder.CONFIG).is_file():  # an earlier demo was stopped: finish its run
+            resume(run, epochs=epochs, device=device, listener=listener)
+            continue
         train(
             TrainConfig(
                 data=str(data / "train"),

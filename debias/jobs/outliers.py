@@ -110,6 +110,7 @@ class OutlierConfig:
             ("rare-fraction", 0 < self.rare_fraction < 1, "use a rate such as 0.05"),
             ("combine", self.combine in ("fisher", "min"), "use fisher or min"),
             ("chunk-size", self.chunk_size >= 1, "use 1 or more"),
+            ("out", self.out is None or self.out.lower().endswith(".csv"), "pass e.g. out.csv"),
         )
         for option, ok, fix in checks:
             value = getattr(self, option.replace("-", "_"))
@@ -310,9 +311,13 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
     csv = Path(
         config.out or Path("reports") / datetime.now().strftime("outliers-%Y%m%d-%H%M%S.csv")
     )
+    summary = _summary(config, detector, table, evaluation)
     csv.parent.mkdir(parents=True, exist_ok=True)
-    files.write_csv(csv, table)
-    files.write_json(csv.with_suffix(".json"), _summary(config, detector, table, evaluation))
+    # The pair lands CSV first, then the JSON that names the CSV's hash: a kill between the two
+    # renames leaves a pair the report refuses rather than mixes.
+    with files.lock(csv.parent / f".{csv.name}.lock", csv):
+        summary["csv_sha256"] = files.write_csv(csv, table)
+        files.write_json(csv.with_suffix(".json"), summary)
     return OutlierReport(csv, table, detector, evaluation, _calibrated_on(config, detector))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,41 +98,44 @@ def write_report(config: ReportConfig, *, listener: Listener | None = None) -> P
     out = Path(config.out or Path("reports") / name)
     audit = read_audit(config.audit) if config.audit else None
     outliers, outlier_table = _read_outliers(config.outliers)
-    out.mkdir(parents=True, exist_ok=True)
 
-    baseline_audit_dir = config.baseline_audit
-    if config.baseline and audit is not None and baseline_audit_dir is None:
-        baseline_audit_dir = str(out / "baseline-audit")
-        listener.note(
-            f"Auditing the baseline {config.baseline} on the same images with the same options "
-            f"into {baseline_audit_dir} (pass --baseline-audit to use an existing audit)"
+    with files.output_set(out, marker=REPORT_FILE, what="a debias report") as staging:
+        baseline_audit_dir = config.baseline_audit
+        reads_from = baseline_audit_dir
+        if config.baseline and audit is not None and baseline_audit_dir is None:
+            baseline_audit_dir = str(out / "baseline-audit")
+            reads_from = str(staging / "baseline-audit")  # lands with the report, or not at all
+            listener.note(
+                f"Auditing the baseline {config.baseline} on the same images with the same "
+                f"options into {baseline_audit_dir} (pass --baseline-audit to use an existing "
+                "audit)"
+            )
+            inputs = AuditConfig.from_dict(audit["config"])
+            write_audit(
+                dataclasses.replace(inputs, model=config.baseline, embed_with=None, out=reads_from),
+                listener=listener,
+            )
+        facts = gather_facts(
+            config.run,
+            name=name,
+            versions=versions(),
+            baseline=config.baseline,
+            audit=audit,
+            baseline_audit=reads_from if config.baseline and audit is not None else None,
+            outliers=outliers,
         )
-        inputs = AuditConfig.from_dict(audit["config"])
-        write_audit(
-            dataclasses.replace(
-                inputs, model=config.baseline, embed_with=None, out=baseline_audit_dir
-            ),
-            listener=listener,
-        )
-    facts = gather_facts(
-        config.run,
-        name=name,
-        versions=versions(),
-        baseline=config.baseline,
-        audit=audit,
-        baseline_audit=baseline_audit_dir if config.baseline and audit is not None else None,
-        outliers=outliers,
-    )
-    baseline_audit = read_audit(baseline_audit_dir) if facts.baseline_audit else None
-    figs = _figures(config, run_config, facts, audit)
-    slices = _slice_images(config.audit, facts.slices)
-    outlier_rows = _outlier_rows(outlier_table, run_config)
-    html = _render(facts, figs, audit, baseline_audit, slices, outlier_rows)
-    files.atomic_write(out / "report.html", lambda fh: fh.write(html.encode()))
-    files.write_json(out / "report.json", facts.to_dict())
-    markdown = _markdown(facts)
-    files.atomic_write(out / "report.md", lambda fh: fh.write(markdown.encode()))
-    return out / "report.html"
+        baseline_audit = read_audit(reads_from) if facts.baseline_audit else None
+        if facts.baseline_audit:
+            facts.baseline_audit = baseline_audit_dir  # where it is once the set has landed
+        figs = _figures(config, run_config, facts, audit)
+        slices = _slice_images(config.audit, facts.slices)
+        outlier_rows = _outlier_rows(outlier_table, run_config)
+        html = _render(facts, figs, audit, baseline_audit, slices, outlier_rows)
+        files.write_json(staging / "report.json", facts.to_dict())
+        markdown = _markdown(facts)
+        files.atomic_write(staging / "report.md", lambda fh: fh.write(markdown.encode()))
+        files.atomic_write(staging / REPORT_FILE, lambda fh: fh.write(html.encode()))
+    return out / REPORT_FILE
 
 
 def _read_outliers(csv_path: str | None) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
@@ -141,13 +143,46 @@ def _read_outliers(csv_path: str | None) -> tuple[dict[str, Any] | None, pd.Data
     if not csv_path:
         return None, None
     csv = Path(csv_path)
+    if csv.is_dir():
+        raise errors.RunError(errors.NOT_A_FILE.format(path=csv))
     if not csv.is_file():
         raise errors.RunError(errors.NO_SUCH_FILE.format(path=csv))
-    # Read as text: with no unreadable rows the column is all empty and would parse as float.
-    table = pd.read_csv(csv, dtype={"reason": str})
+    pair = csv.with_suffix(".json")
+    if not pair.is_file():
+        raise errors.RunError(errors.NO_SUCH_FILE.format(path=pair))
+    summary = files.read_json(pair, RERUN_OUTLIERS)
+    if summary.get("csv_sha256") not in (None, files.sha256(csv)):
+        raise errors.RunError(errors.OUTLIERS_MISMATCH.format(csv=csv, json=pair))
+    numbers = ("n", "n_outliers", "n_rare", "n_unreadable", "target_false_flag_rate")
+    wrong = [k for k in numbers if not isinstance(summary.get(k), int | float)]
+    if not isinstance(summary.get("threshold", 0), int | float | None):  # None: too few to flag
+        wrong.append("threshold")
+    if wrong or not isinstance(summary.get("evaluation") or {}, dict):
+        problem = f"lacks {', '.join(wrong) or 'a readable evaluation'}"
+        raise errors.RunError(
+            errors.DAMAGED_FILE.format(path=pair, problem=problem, fix=RERUN_OUTLIERS)
+        )
+    try:
+        # Read as text: with no unreadable rows the column is all empty and would parse as float.
+        table = pd.read_csv(csv, dtype={"reason": str, "path": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        problem = f"not a readable CSV ({str(exc).splitlines()[0][:100]})"
+        raise errors.RunError(
+            errors.DAMAGED_FILE.format(path=csv, problem=problem, fix=RERUN_OUTLIERS)
+        ) from None
+    missing = {"path", "rank", "p_value", "reason"} - set(table.columns)
+    if missing:
+        problem = f"lacks the column(s) {', '.join(sorted(missing))}"
+        raise errors.RunError(
+            errors.DAMAGED_FILE.format(path=csv, problem=problem, fix=RERUN_OUTLIERS)
+        )
     table["reason"] = table["reason"].fillna("")
-    summary = json.loads(csv.with_suffix(".json").read_text())
+    table["path"] = table["path"].fillna("")
     return {k: v for k, v in summary.items() if k != "config"}, table
+
+
+REPORT_FILE = "report.html"  # written last into the set; what marks a folder as a report
+RERUN_OUTLIERS = "Run debias outliers again to write it."
 
 
 def _figures(
