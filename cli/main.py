@@ -46,6 +46,9 @@ console = Console(quiet=distributed.from_env().rank > 0)
 err_console = Console(stderr=True)
 
 
+MAX_SYNTH = 1_000_000  # images per class: more is a typo, and hours of drawing
+
+
 def _fail(message: str) -> None:
     if os.environ.get("DEBIAS_DEBUG"):
         raise
@@ -611,7 +614,8 @@ def synth(
     """Write a synthetic data set (class folders + labels.csv): nothing to download."""
     with _errors():
         shares_ok = 0 <= dark_fraction <= 1 and 0 <= shortcut <= 1
-        if task not in ("detect", "glasses") or faces < 1 or non_faces < 1 or not shares_ok:
+        counts_ok = 1 <= faces <= MAX_SYNTH and 1 <= non_faces <= MAX_SYNTH
+        if task not in ("detect", "glasses") or not counts_ok or not shares_ok:
             raise errors.ConfigError(errors.BAD_SYNTH_OPTIONS)
         if task == "glasses":
             labels = write_shortcut_synthetic(out, n_faces=faces, shortcut=shortcut, seed=seed)

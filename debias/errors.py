@@ -197,8 +197,8 @@ MODEL_NEEDS_DATA = "--model needs images to predict on. Pass --data FOLDER or --
 # Inputs in general
 NO_DATA = "No data given. Pass --data FOLDER or --labels FILE."
 BAD_SYNTH_OPTIONS = (
-    "--task must be detect or glasses, --faces and --non-faces at least 1, and --dark-fraction "
-    "and --shortcut in [0, 1]."
+    "--task must be detect or glasses, --faces and --non-faces from 1 to 1,000,000, and "
+    "--dark-fraction and --shortcut in [0, 1]."
 )
 
 # Outliers
@@ -244,7 +244,8 @@ NO_PERMISSION = (
 )
 OS_PROBLEM = "{path}: {reason}. Check the path and the disk, then run the command again."
 OUT_OF_MEMORY = (
-    "Out of memory ({reason}). Use a smaller --batch-size, --image-size, --hidden or --latent-dim."
+    "Out of memory ({reason}). Lower what sizes the work (--batch-size, --image-size, --hidden, "
+    "--latent-dim, --bootstrap or --chunk-size), or free memory."
 )
 BUG = (
     "debias stopped on an unexpected {kind}: {reason}. This is a bug in debias; please report "

@@ -80,10 +80,7 @@ def read_audit(folder: str | Path) -> dict[str, Any]:
     RunError
         When the folder holds no ``audit.json``.
     """
-    folder = Path(folder)
-    if folder.is_file():
-        raise errors.RunError(errors.NOT_AN_AUDIT.format(path=folder))
-    path = folder / AUDIT_FILE
+    path = Path(folder) / AUDIT_FILE
     if not path.is_file():
         raise errors.RunError(errors.NOT_AN_AUDIT.format(path=folder))
     audit = files.read_json(path, RERUN_AUDIT)

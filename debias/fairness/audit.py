@@ -68,7 +68,11 @@ class AuditOptions:
     def validate(self) -> None:
         """Raise ConfigError on an out-of-range option."""
         checks = (
-            ("bootstrap", self.bootstrap >= 0, "use 0 (no intervals) or more replicates"),
+            (
+                "bootstrap",
+                0 <= self.bootstrap <= 100_000,  # 1,000 is stable to about 0.005
+                "use 0 (no intervals) to 100000 replicates",
+            ),
             ("ci", 0 < self.ci < 1, "use a level between 0 and 1, such as 0.95"),
             ("tau", 0 < self.tau <= 1, "use a threshold in (0, 1], such as 0.8"),
             ("min-group-size", self.min_group_size >= 1, "use 1 or more"),
