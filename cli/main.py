@@ -19,10 +19,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+import debias
 from debias import distributed, errors
 from debias.config import ModelConfig, TrainConfig
 from debias.data import write_shortcut_synthetic, write_synthetic
 from debias.fairness.audit import AuditOptions
+from debias.files import json_text
 from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.demo import write_demo
 from debias.jobs.outliers import OutlierConfig, write_outliers
@@ -40,6 +42,27 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Data sets: make the synthetic demo set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+# Exit code of `debias audit --fail-on` when the gate trips: distinct from 1 (an error), so a CI
+# job can tell "the model failed the audit" from "the audit could not run".
+GATE_FAILED = 3
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"debias {debias.__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback(context_settings={"help_option_names": ["-h", "--help"]})
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Fair face classifiers without group labels: the debiasing VAE (DB-VAE)."""
+
 
 # Under torchrun only rank 0 shows progress and results; every rank still reports errors.
 console = Console(quiet=distributed.from_env().rank > 0)
@@ -425,6 +448,17 @@ def audit(
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default reports/audit-<date-time>).")
     ] = None,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            help="Exit with code 3 when the audit finds four-fifths failures: 'significant' "
+            "(difference interval excludes 0), 'any', or 'none'."
+        ),
+    ] = "none",
+    json_summary: Annotated[
+        bool,
+        typer.Option("--json", help="Print a machine-readable summary on stdout, not tables."),
+    ] = False,
 ) -> None:
     """Audit a classifier per group and intersection, with confidence intervals and slices."""
     with _errors():
@@ -456,9 +490,42 @@ def audit(
                 seed=seed,
             ),
         )
-        with RichListener(console) as listener:
+        if fail_on not in ("none", "any", "significant"):
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="fail-on",
+                    value=fail_on,
+                    problem="unknown choice",
+                    fix="Use significant, any or none.",
+                )
+            )
+        with RichListener(err_console if json_summary else console) as listener:
             report = write_audit(config, listener=listener)
-    show_audit(console, report)
+    gate = report.result.failing(significant=fail_on == "significant")
+    if json_summary:
+        summary = {
+            "out": str(report.out),
+            "files": sorted(str(p) for p in report.out.rglob("*") if p.is_file()),
+            "n": report.result.n,
+            "summary": report.result.summary(),
+            "failing": len(report.result.failing()),
+            "failing_significant": len(report.result.failing(significant=True)),
+            "fail_on": fail_on,
+            "gate_failed": fail_on != "none" and len(gate) > 0,
+        }
+        print(json_text(summary))
+    else:
+        show_audit(console, report)
+    if fail_on != "none" and len(gate):
+        if not json_summary:
+            err_console.print(
+                f"Audit gate failed: {len(gate)} {'significant ' * (fail_on == 'significant')}"
+                f"four-fifths failure(s) (--fail-on {fail_on}); exit code {GATE_FAILED}.",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(GATE_FAILED)
 
 
 @app.command()

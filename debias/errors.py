@@ -168,6 +168,10 @@ DATA_CHANGED = (
 )
 
 # Audit and report
+FEATURES_LENGTH = (
+    "sensitive_features has {n_features} rows but there are {n} predictions. "
+    "Give one row of features per prediction."
+)
 UNKNOWN_CLASS = (
     "{what} has the value {value!r}, which is not one of the classes ({classes}). "
     "Use the same class names for true and predicted labels."

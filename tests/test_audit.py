@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score, precision_score
 
-from debias import ConfigError
+from debias import ConfigError, DataError
 from debias.fairness.audit import AuditOptions, audit
 from debias.fairness.bootstrap import bootstrap_counts, cell_counts
 from debias.fairness.metrics import metric_keys, metrics_from_counts
@@ -226,3 +228,51 @@ def test_grouping_by_the_target_does_not_judge_label_bound_rates() -> None:
     assert flags["precision"] == "undefined" and flags["selection_rate"] == "undefined"
     assert flags["accuracy"] == "pass"
     assert result.summary()["largest_disparity"]["metric"] not in ("precision", "selection_rate")
+
+
+@pytest.mark.parametrize("form", ["dataframe", "dict", "series", "array"])
+def test_fairlearn_style_call_and_summaries_equal_metricframe(form: str) -> None:
+    # A fairlearn user's call: y as Series with their own index, features in any of the forms
+    # MetricFrame takes, no options; the summaries MetricFrame has must agree with it.
+    y, p, groups = _random_predictions(2000, ["face", "not_face"], seed=3)
+    y_true = pd.Series(y, index=np.arange(5000, 7000))  # a non-default index, as after a filter
+    features = {
+        "dataframe": groups,
+        "dict": {"race": groups["race"].to_numpy(), "gender": groups["gender"].tolist()},
+        "series": groups["race"],
+        "array": groups["race"].to_numpy(),
+    }[form]
+    result = audit(y_true, p, sensitive_features=features, options=AuditOptions(bootstrap=20))
+    sensitive = groups if form in ("dataframe", "dict") else groups["race"]
+    expected = _direct_metric_frame(y, p, sensitive, "face")
+    names = ["race", "gender"] if form in ("dataframe", "dict") else None
+    if form == "array":
+        names = ["sensitive_feature_0"]
+    if form == "series":
+        names = ["race"]
+    assert result.options.groups == names  # every suitable feature, as the command line picks
+    wide = result.wide()  # the intersection for several features, as MetricFrame groups them
+    theirs = expected.by_group
+    if isinstance(theirs.index, pd.MultiIndex):
+        theirs.index = [" & ".join(map(str, k)) for k in theirs.index]
+    pd.testing.assert_frame_equal(
+        wide.loc[theirs.index, theirs.columns], theirs, check_names=False, check_dtype=False
+    )
+    metrics = [c for c in theirs.columns if c != "count"]
+    pd.testing.assert_series_equal(
+        result.overall[metrics], expected.overall[metrics], check_names=False, check_dtype=False
+    )
+    for ours, mf in (
+        (result.difference(), expected.difference()),
+        (result.ratio(), expected.ratio()),
+        (result.group_min(), expected.group_min()),
+    ):
+        pd.testing.assert_series_equal(
+            ours[metrics], mf[metrics], check_names=False, check_dtype=False
+        )
+    assert json.loads(result.to_json())["n"] == 2000
+
+
+def test_features_of_another_length_are_one_clear_error() -> None:
+    with pytest.raises(DataError, match="sensitive_features has 3 rows but there are 4"):
+        audit(["a", "b", "a", "b"], ["a", "a", "a", "b"], sensitive_features=["x", "y", "x"])

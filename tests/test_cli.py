@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import TINY_ARGS
 from typer.testing import CliRunner
@@ -302,3 +304,39 @@ def test_report_of_a_missing_audit_is_one_line(synth_run, tmp_path: Path) -> Non
     _, run = synth_run
     result = runner.invoke(app, ["report", str(run), "--audit", str(tmp_path)])
     _one_line_error(result, "not an audit folder (audit.json missing)")
+
+
+def test_version_and_short_help() -> None:
+    import debias
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"debias {debias.__version__}"
+    result = runner.invoke(app, ["audit", "-h"])
+    assert result.exit_code == 0 and "--fail-on" in result.output
+
+
+def test_audit_json_summary_and_ci_gate(tmp_path: Path) -> None:
+    # Group b is wrong 40% of the time, group a 5%: a significant four-fifths failure
+    rng = np.random.default_rng(0)
+    group = np.repeat(["a", "b"], 300)
+    y = rng.integers(0, 2, 600)
+    wrong = rng.random(600) < np.where(group == "b", 0.4, 0.05)
+    csv = tmp_path / "p.csv"
+    pd.DataFrame({"y_true": y, "y_pred": np.where(wrong, 1 - y, y), "g": group}).to_csv(
+        csv, index=False
+    )
+    base = ["audit", "--predictions", str(csv), "--bootstrap", "200"]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    assert summary["failing_significant"] >= 1 and not summary["gate_failed"]
+    assert all(Path(f).is_file() for f in summary["files"])
+    assert str(tmp_path / "a" / "audit.json") in summary["files"]
+    gated = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--fail-on", "significant"])
+    assert gated.exit_code == 3, gated.output
+    assert "Audit gate failed" in gated.stderr
+    fair = pd.DataFrame({"y_true": y, "y_pred": y, "g": group})  # no errors: nothing fails
+    fair.to_csv(csv, index=False)
+    passed = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--fail-on", "any"])
+    assert passed.exit_code == 0, passed.output
+    _one_line_error(runner.invoke(app, [*base, "--fail-on", "maybe"]), "--fail-on 'maybe'")

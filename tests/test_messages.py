@@ -80,6 +80,8 @@ HIDDEN = {
 NOT_FIELDS = {
     ("train", "resume"): "the run folder to continue",
     ("train", "allow_changed_data"): "a decision about one resume, not part of the run",
+    ("audit", "fail_on"): "how the command exits, not how the audit is computed",
+    ("audit", "json_summary"): "how the command prints, not how the audit is computed",
 }
 
 

@@ -163,6 +163,18 @@ def test_external_model_gives_the_same_audit_as_its_run(
     np.testing.assert_allclose(a.to_numpy(), b.reindex(a.index).to_numpy(), atol=0.01)
     p = np.stack([theirs.predictions["p_face"], ours.predictions["p_face"]])
     assert np.abs(p[0] - p[1]).max() < 1e-3
+    # Each audit.json says what it audited: the weights' hash, the input it was fed, the classes
+    import hashlib
+    import json
+
+    facts = {k: json.loads((tmp_path / k / "audit.json").read_text())["model"] for k in "ab"}
+    checkpoint = hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()
+    assert facts["a"]["sha256"] == checkpoint and facts["a"]["kind"] == "debias-run"
+    assert facts["b"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert facts["a"]["input_size"] == facts["b"]["input_size"] == 32
+    assert facts["b"]["normalisation_assumed"] and facts["b"]["mean"] == [0.0, 0.0, 0.0]
+    assert not facts["a"]["normalisation_assumed"]
+    assert facts["a"]["classes"] == facts["b"]["classes"] == ["face", "not_face"]
 
 
 def test_model_with_wrong_number_of_outputs_names_the_fix(

@@ -1,11 +1,14 @@
 """The fairness audit: per-group metrics, bootstrap confidence intervals and disparities.
 
-``audit(y_true, y_pred, groups, options)`` is pure: predictions in, tables out. Point estimates
-come from fairlearn's ``MetricFrame`` (:mod:`debias.fairness.metrics`), intervals from a
-bootstrap of confusion counts (:mod:`debias.fairness.bootstrap`), and each group is compared
-with its attribute's reference group (:mod:`debias.fairness.disparities`). Every metric is a
-function of a group's confusion counts, which is what makes the count bootstrap exact; a test
-checks the count formulas against ``MetricFrame`` value for value.
+``audit(y_true, y_pred, sensitive_features=...)`` is pure: predictions in, tables out. It is
+called as fairlearn's ``MetricFrame`` is (arrays, Series, DataFrames or dicts) and its result
+answers as a MetricFrame does (``overall``, ``wide()``, ``difference()``, ``ratio()``,
+``group_min()``). Point estimates come from fairlearn's ``MetricFrame``
+(:mod:`debias.fairness.metrics`), intervals from a bootstrap of confusion counts
+(:mod:`debias.fairness.bootstrap`), and each group is compared with its attribute's reference
+group (:mod:`debias.fairness.disparities`). Every metric is a function of a group's confusion
+counts, which is what makes the count bootstrap exact; a test checks the count formulas against
+``MetricFrame`` value for value.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pandas as pd
 from debias import errors
 from debias.classes import positive_class
 from debias.config import check_option
+from debias.data.manifest import check_groups, suitable_groups
 from debias.fairness.bootstrap import bootstrap_counts, cell_counts, interval
 from debias.fairness.disparities import DISPARITY_COLUMNS, disparities, reference_group
 from debias.fairness.metrics import MetricKey, metric_frame, metric_keys, metrics_from_counts
@@ -116,6 +120,98 @@ class AuditResult:
     options: AuditOptions
     n: int = 0
 
+    @property
+    def overall(self) -> pd.Series:
+        """Each metric over all rows (MetricFrame's ``overall``), named as in :meth:`wide`."""
+        rows = self.by_group[self.by_group.attribute == "overall"]
+        return pd.Series(rows["value"].to_numpy(), index=self._metric_names(rows), name="overall")
+
+    def wide(self, attribute: str | None = None) -> pd.DataFrame:
+        """One row per group, one column per metric: MetricFrame's ``by_group`` table.
+
+        Parameters
+        ----------
+        attribute : str, optional
+            A sensitive feature, or the intersection (``"a & b"``). Default: the finest one —
+            the intersection when there are several features, as MetricFrame groups them.
+        """
+        attribute = attribute or self._finest()
+        rows = self.by_group[self.by_group.attribute == attribute]
+        if not len(rows):
+            known = ", ".join(attributes_of(self.options.groups)) or "none"
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="attribute",
+                    value=attribute,
+                    problem="not an audited attribute",
+                    fix=f"Use one of: {known}.",
+                )
+            )
+        table = rows.assign(metric=self._metric_names(rows))
+        wide = table.pivot(index="group", columns="metric", values="value")
+        wide = wide[list(dict.fromkeys(table["metric"]))]  # the audit's metric order
+        wide.index.name, wide.columns.name = attribute, None
+        return wide
+
+    def group_min(self, attribute: str | None = None) -> pd.Series:
+        """Each metric's smallest value over the groups (``MetricFrame.group_min``)."""
+        return self._judged_wide(attribute).min()
+
+    def group_max(self, attribute: str | None = None) -> pd.Series:
+        """Each metric's largest value over the groups (``MetricFrame.group_max``)."""
+        return self._judged_wide(attribute).max()
+
+    def difference(self, attribute: str | None = None) -> pd.Series:
+        """Largest minus smallest group value per metric (MetricFrame's between_groups)."""
+        return self.group_max(attribute) - self.group_min(attribute)
+
+    def ratio(self, attribute: str | None = None) -> pd.Series:
+        """Smallest over largest group value per metric (MetricFrame's between_groups)."""
+        return self.group_min(attribute) / self.group_max(attribute)
+
+    def failing(self, significant: bool = False) -> pd.DataFrame:
+        """Return the disparity rows that fail the four-fifths rule.
+
+        With ``significant``, only those whose difference interval excludes 0 (what a CI gate
+        usually wants).
+        """
+        rows = self.disparities[self.disparities.flag == "fail"]
+        return rows[rows.significant.astype(bool)] if significant else rows
+
+    def to_json(self) -> str:
+        """Return the result as strict JSON: by_group, disparities, summary, classes, options."""
+        from debias.files import json_text  # files is I/O; the audit itself stays pure
+
+        return json_text(
+            {
+                "n": self.n,
+                "classes": self.classes,
+                "pos_label": self.pos_label,
+                "options": self.options.to_dict(),
+                "summary": self.summary(),
+                "by_group": self.by_group.to_dict("records"),
+                "disparities": self.disparities.to_dict("records"),
+            }
+        )
+
+    def _finest(self) -> str:
+        attributes = attributes_of(self.options.groups)
+        return attributes[-1] if attributes else "overall"
+
+    def _judged_wide(self, attribute: str | None) -> pd.DataFrame:
+        wide = self.wide(attribute).drop(columns="count")
+        rows = self.by_group[self.by_group.attribute == (attribute or self._finest())]
+        judged = rows.groupby("group")["judged"].first()
+        return wide[judged.reindex(wide.index).to_numpy()]  # groups below min_group_size wait
+
+    def _metric_names(self, rows: pd.DataFrame) -> list[str]:
+        """``metric`` for a binary target; ``metric[class]`` one-vs-rest for several classes."""
+        if self.pos_label is not None:
+            return rows["metric"].tolist()
+        return [
+            m if not c else f"{m}[{c}]" for m, c in zip(rows["metric"], rows["class"], strict=True)
+        ]
+
     def summary(self) -> dict[str, Any]:
         """Return the worst judged group by accuracy, the largest disparity, and the flag counts."""
         groups = self.by_group[
@@ -147,7 +243,7 @@ def attributes_of(groups: Sequence[str]) -> list[str]:
 def audit(
     y_true: Sequence[object],
     y_pred: Sequence[object],
-    groups: pd.DataFrame,
+    sensitive_features: object = None,
     options: AuditOptions | None = None,
     classes: Sequence[str] | None = None,
 ) -> AuditResult:
@@ -155,13 +251,16 @@ def audit(
 
     Parameters
     ----------
-    y_true, y_pred : sequence
-        True and predicted class of each row (compared as text).
-    groups : pandas.DataFrame
-        One column per attribute in ``options.groups``, one row per prediction; '' is missing
-        (the row counts overall but in no group of that attribute).
+    y_true, y_pred : array-like
+        True and predicted class of each row (compared as text): lists, arrays or Series.
+    sensitive_features : array-like, Series, DataFrame or dict, optional
+        One or more group attributes, one row per prediction, as fairlearn takes them (a 1-D
+        array or unnamed Series is ``sensitive_feature_0``). Empty or missing values leave a row
+        out of that attribute's groups (it still counts overall).
     options : AuditOptions, optional
-        How the statistics are computed (default: :class:`AuditOptions`'s defaults).
+        How the statistics are computed (default: :class:`AuditOptions`'s defaults). With no
+        ``options.groups``, every feature with 2 to 20 distinct values is audited, as the command
+        line does.
     classes : sequence of str, optional
         All class names (default: those seen in ``y_true`` and ``y_pred``).
 
@@ -175,12 +274,18 @@ def audit(
     >>> g = pd.DataFrame({"skin": ["dark"] * 40 + ["light"] * 60})
     >>> y = ["face"] * 100
     >>> p = ["not_face"] * 20 + ["face"] * 80
-    >>> r = audit(y, p, g, AuditOptions(groups=["skin"], bootstrap=100))
+    >>> r = audit(y, p, sensitive_features=g, options=AuditOptions(bootstrap=100))
     >>> r.summary()["worst_group"]["group"]
     'dark'
+    >>> round(r.difference()["accuracy"], 2)
+    0.33
     """
     options = options or AuditOptions()
     options.validate()
+    groups = sensitive_frame(sensitive_features, len(y_true))
+    if not options.groups:
+        options = dataclasses.replace(options, groups=suitable_groups(groups, list(groups.columns)))
+    check_groups(groups, options.groups)
     if classes is None:
         seen = pd.concat([pd.Series(y_true), pd.Series(y_pred)]).astype(str).unique()
         classes = sorted(seen.tolist())
@@ -271,6 +376,32 @@ def audit(
         options,
         n=len(yt),
     )
+
+
+def sensitive_frame(features: object, n: int) -> pd.DataFrame:
+    """Sensitive features as a DataFrame of text, one row per prediction, '' where missing.
+
+    Takes what fairlearn's MetricFrame takes: None, a 1-D or 2-D array or list, a Series, a
+    DataFrame or a dict of columns.
+    """
+    if features is None:
+        frame = pd.DataFrame(index=range(n))
+    elif isinstance(features, pd.DataFrame):
+        frame = features.reset_index(drop=True)
+    elif isinstance(features, pd.Series):
+        frame = features.reset_index(drop=True).to_frame(features.name or "sensitive_feature_0")
+    elif isinstance(features, dict):
+        frame = pd.DataFrame({k: np.asarray(v, dtype=object) for k, v in features.items()})
+    else:
+        values = np.asarray(features, dtype=object)
+        values = values.reshape(len(values), -1) if values.ndim != 2 else values
+        frame = pd.DataFrame(
+            values, columns=[f"sensitive_feature_{i}" for i in range(values.shape[1])]
+        )
+    if len(frame) != n:
+        raise errors.DataError(errors.FEATURES_LENGTH.format(n_features=len(frame), n=n))
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.where(frame.notna(), "").astype(str).apply(lambda c: c.str.strip())
 
 
 def _attribute_values(cells: pd.DataFrame, attribute: str) -> np.ndarray:

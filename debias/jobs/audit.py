@@ -202,6 +202,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
     device = select_device(config.device)
     images: np.ndarray | None = None
 
+    model_facts: dict[str, Any] | None = None  # what was audited, when it is a model file
     if config.predictions is not None:
         source = config.predictions
         table = read_predictions_csv(
@@ -222,6 +223,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
             device=device,
         )
         size = config.image_size or classifier.image_size or DEFAULT_IMAGE_SIZE
+        model_facts = _model_facts(config, classifier, size)
         data = load_data(
             config.data,
             labels=config.labels,
@@ -255,6 +257,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         listener.phase("predict", len(data))
         probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
         classes = config.classes or classifier.classes or data.classes
+        model_facts["classes"] = list(classes)
         table = predictions_table(probabilities, classes, data.frame, data.classes, str(source))
         groups = _groups(table, data.group_columns, data.group_columns, source)
         images = data.images
@@ -286,8 +289,26 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         if config.predictions is None:
             files.write_csv(staging / "skipped.csv", skipped)
         slices = _with_examples(staging, slices, table, images)
-        _write(staging, config, result, slices, table, notes)
+        _write(staging, config, result, slices, table, notes, model_facts)
     return AuditReport(out, result, slices, table, notes)
+
+
+def _model_facts(config: AuditConfig, classifier: Any, size: int) -> dict[str, Any]:
+    """Describe what the audit fed the model: file hash, input size, normalisation."""
+    path = Path(config.model or "")
+    weights = path / runfolder.CHECKPOINT if path.is_dir() else path
+    external = classifier.kind != "debias-run"
+    return {
+        "path": str(path),
+        "kind": classifier.kind,
+        "sha256": files.sha256(weights),
+        "input_size": size,
+        # A debias run preprocesses itself; an external model gets pixels/255, then (x-mean)/std
+        "mean": list(config.mean or (0.0, 0.0, 0.0)) if external else None,
+        "std": list(config.std or (1.0, 1.0, 1.0)) if external else None,
+        "normalisation_assumed": external and (config.mean is None or config.std is None),
+        "classes": None,  # filled in once the class order is known
+    }
 
 
 def _check_inputs(config: AuditConfig) -> None:
@@ -426,6 +447,7 @@ def _write(
     slices: pd.DataFrame,
     table: pd.DataFrame,
     notes: list[str],
+    model_facts: dict[str, Any] | None,
 ) -> None:
     files.write_csv(out / "by_group.csv", result.by_group)
     files.write_csv(out / "disparities.csv", result.disparities)
@@ -441,6 +463,7 @@ def _write(
             "created": datetime.now().isoformat(timespec="seconds"),
             "versions": versions(),
             "config": config.to_dict(),
+            "model": model_facts,
             "n": result.n,
             "classes": result.classes,
             "pos_label": result.pos_label,

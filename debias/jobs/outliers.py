@@ -12,7 +12,6 @@ with ``eval_labels``, AUROC / AUPR per outlier type).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -390,11 +389,7 @@ def evaluate(
 
 def model_hash(run_dir: str | Path) -> str:
     """SHA-256 of the run's checkpoint: which weights produced the scores."""
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / runfolder.CHECKPOINT, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return files.sha256(Path(run_dir) / runfolder.CHECKPOINT)
 
 
 def _summary(
