@@ -243,8 +243,8 @@ def staged_folder(dest: str | os.PathLike[str], marker: str, what: str) -> Itera
         What the set is, for the message (e.g. "a debias audit").
     """
     dest = Path(dest)
+    _recover(dest)  # first: the set a kill left aside is a dead writer's temp, and kept
     remove_stale_temps(dest)
-    _recover(dest)
     if dest.exists() and not dest.is_dir():
         raise errors.RunError(errors.OUT_IS_FILE.format(path=dest))
     if dest.is_dir() and any(dest.iterdir()) and not (dest / marker).is_file():

@@ -464,3 +464,17 @@ def test_full_disk_and_read_only_are_one_line_and_leave_nothing(
             assert result.exit_code == 1 and "read-only" in result.stderr, result.stderr
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_set_left_aside_between_two_renames_is_put_back(tmp_path: Path) -> None:
+    # Where renameat2 cannot swap, the old set is renamed aside first; a kill before the new one
+    # lands leaves no destination and an ".old-PID" folder of a dead process: the next writer
+    # must restore it, not remove it as a stale temp.
+    dest = tmp_path / "audit"
+    aside = tmp_path / ".audit.old-999999999"  # no such process
+    aside.mkdir()
+    (aside / "audit.json").write_text("{}")
+    with pytest.raises(RuntimeError):
+        with files.staged_folder(dest, marker="audit.json", what="a debias audit"):
+            raise RuntimeError("the new set fails")
+    assert (dest / "audit.json").read_text() == "{}" and not aside.exists()
