@@ -237,6 +237,10 @@ LOCKED = (
     "{path}: another debias process is writing it ({holder}). "
     "Wait for it to finish, or pass another --out."
 )
+BEING_WRITTEN = (
+    "{path}: another debias process is writing it ({holder}). Wait for it to finish, then run "
+    "this command again."
+)
 OUT_FOREIGN = (
     "{path}: holds files that are not {what} (no {marker}), and writing there would replace "
     "them. Pass a new or empty --out folder."

@@ -348,6 +348,6 @@ def check_unlocked(lock_path: str | os.PathLike[str], what: str | os.PathLike[st
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        raise errors.RunError(errors.LOCKED.format(path=what, holder=holder)) from None
+        raise errors.RunError(errors.BEING_WRITTEN.format(path=what, holder=holder)) from None
     finally:
         os.close(fd)
