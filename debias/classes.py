@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from debias import errors
+from debias.config import check_option
 
 # Class names that mean "positive" wherever they appear, first match wins.
 POSITIVE_NAMES = ("1", "true", "True", "yes", "positive", "face")
@@ -31,15 +31,8 @@ def positive_class(classes: Sequence[str], pos_label: str | None = None) -> str 
         When ``pos_label`` is not one of ``classes``.
     """
     if pos_label is not None:
-        if pos_label not in classes:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="pos-label",
-                    value=pos_label,
-                    problem="not one of the classes",
-                    fix=f"Choose one of: {', '.join(classes)}.",
-                )
-            )
+        fix = f"Choose one of: {', '.join(classes)}."
+        check_option(pos_label in classes, "pos_label", pos_label, "not one of the classes", fix)
         return pos_label
     if len(classes) != 2:
         return None

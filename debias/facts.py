@@ -86,9 +86,7 @@ def read_audit(folder: str | Path) -> dict[str, Any]:
     audit = files.read_json(path, RERUN_AUDIT)
     problem = _audit_problem(audit)
     if problem:
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=RERUN_AUDIT)
-        )
+        raise files.damaged(path, problem, RERUN_AUDIT)
     return audit
 
 

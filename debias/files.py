@@ -101,35 +101,41 @@ def _name_the_file(exc: BaseException, path: Path) -> None:
         exc.filename = str(path)
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None: strict JSON has no NaN."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+def _strict(obj: Any) -> Any:
+    """``obj`` as plain JSON values: strict JSON has no NaN, numpy and torch values unwrapped.
+
+    Non-finite floats become None; numpy and torch scalars and arrays their Python values;
+    anything else unknown (paths, ...) its text.
+    """
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {
+            k if isinstance(k, str | int | float | bool) else str(k): _strict(v)
+            for k, v in obj.items()
+        }
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float):  # numpy's float64 too
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    if callable(getattr(obj, "tolist", None)):  # numpy and torch scalars and arrays
+        return _strict(obj.tolist())
+    return str(obj)
 
 
 def json_text(obj: Any) -> str:
     """Strict JSON text: NaN and infinities become null, anything else unknown a string."""
-    # default=str first turns numpy scalars and paths into something _finite can walk
-    plain = json.loads(json.dumps(obj, default=_plain))
-    return json.dumps(_finite(plain), indent=2, allow_nan=False)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars
-        return value.item()
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return value.tolist()
-    return str(value)
+    return json.dumps(_strict(obj), indent=2, allow_nan=False)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write strict JSON atomically."""
     atomic_write(path, lambda fh: fh.write(json_text(obj).encode()))
+
+
+def damaged(path: object, problem: str, fix: str) -> errors.RunError:
+    """Return the error for a file debias wrote that cannot be read back as it was written."""
+    return errors.RunError(errors.DAMAGED_FILE.format(path=path, problem=problem, fix=fix))
 
 
 def _reject_constant(name: str) -> None:
@@ -153,16 +159,28 @@ def read_json(path: str | os.PathLike[str], fix: str, *, kind: type = dict) -> A
         value = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0][:120]
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=f"not valid JSON ({reason})", fix=fix)
-        ) from None
+        raise damaged(path, f"not valid JSON ({reason})", fix) from None
     if not isinstance(value, kind):
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(
-                path=path, problem=f"holds a {type(value).__name__}, not a {kind.__name__}", fix=fix
-            )
-        )
+        raise damaged(path, f"holds a {type(value).__name__}, not a {kind.__name__}", fix)
     return value
+
+
+def read_csv(
+    path: str | os.PathLike[str], fix: str, columns: set[str], **options: Any
+) -> pd.DataFrame:
+    """Parse a CSV the tool wrote and check it has ``columns``; raise RunError naming it otherwise.
+
+    ``options`` go to :func:`pandas.read_csv`; ``fix`` ends the one-line message.
+    """
+    try:
+        frame = pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        problem = f"not a readable CSV ({str(exc).splitlines()[0][:100]})"
+        raise damaged(path, problem, fix) from None
+    missing = columns - set(frame.columns)
+    if missing:
+        raise damaged(path, f"lacks the column(s) {', '.join(sorted(missing))}", fix)
+    return frame
 
 
 def _neutralize(value: Any) -> Any:
@@ -197,7 +215,7 @@ def sha256(path: str | os.PathLike[str]) -> str:
 
 def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
     """Write one strict JSON object per line, atomically."""
-    text = "".join(json.dumps(json.loads(json_text(r))) + "\n" for r in records)
+    text = "".join(json.dumps(_strict(r), allow_nan=False) + "\n" for r in records)
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
@@ -316,7 +334,7 @@ def lock(lock_path: str | os.PathLike[str], what: str | os.PathLike[str]) -> Ite
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
             raise errors.RunError(errors.LOCKED.format(path=what, holder=holder)) from None
         try:
@@ -338,6 +356,11 @@ def lock(lock_path: str | os.PathLike[str], what: str | os.PathLike[str]) -> Ite
         os.close(fd)
 
 
+def _holder(fd: int) -> str:
+    """Who holds a lock, as its holder wrote it into the lock file."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
 def check_unlocked(lock_path: str | os.PathLike[str], what: str | os.PathLike[str]) -> None:
     """Raise RunError if a writer holds ``lock_path`` now (readers wait for a finished set)."""
     try:
@@ -347,7 +370,6 @@ def check_unlocked(lock_path: str | os.PathLike[str], what: str | os.PathLike[st
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        raise errors.RunError(errors.BEING_WRITTEN.format(path=what, holder=holder)) from None
+        raise errors.RunError(errors.BEING_WRITTEN.format(path=what, holder=_holder(fd))) from None
     finally:
         os.close(fd)

@@ -62,13 +62,9 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError) as exc:
         problem = f"not one JSON record per line ({str(exc).splitlines()[0][:100]})"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=DAMAGED_RUN)
-        ) from None
+        raise files.damaged(path, problem, DAMAGED_RUN) from None
     if not all(isinstance(r, dict) for r in records):
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem="holds a non-record", fix=DAMAGED_RUN)
-        )
+        raise files.damaged(path, "holds a non-record", DAMAGED_RUN)
     return records
 
 
@@ -133,26 +129,11 @@ def read_samples(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     check_not_being_written(run_dir)
     if not path.is_file():
         raise errors.RunError(errors.RUN_UNFINISHED.format(path=run_dir, missing=SAMPLES))
-    frame = _read_run_csv(path)
-    missing = {"path", "label", "split", *NUMERIC_SAMPLE_COLUMNS} - set(frame.columns)
-    if missing:
-        problem = f"lacks the column(s) {', '.join(sorted(missing))}"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=DAMAGED_RUN)
-        )
+    columns = {"path", "label", "split", *NUMERIC_SAMPLE_COLUMNS}
+    frame = files.read_csv(path, DAMAGED_RUN, columns, keep_default_na=False, dtype=str)
     for column in NUMERIC_SAMPLE_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
-
-
-def _read_run_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, keep_default_na=False, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        problem = f"not a readable CSV ({str(exc).splitlines()[0][:100]})"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=DAMAGED_RUN)
-        ) from None
 
 
 def read_skipped(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -160,13 +141,7 @@ def read_skipped(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(run_dir) / SKIPPED
     if not path.is_file():
         return pd.DataFrame(columns=["path", "reason"])
-    frame = _read_run_csv(path)
-    if not {"path", "reason"} <= set(frame.columns):
-        problem = "lacks the columns path and reason"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=DAMAGED_RUN)
-        )
-    return frame
+    return files.read_csv(path, DAMAGED_RUN, {"path", "reason"}, keep_default_na=False, dtype=str)
 
 
 def load_density(run_dir: str | os.PathLike[str]) -> LatentHistogram | None:
@@ -213,9 +188,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise TypeError("class names must be text")
     except (KeyError, TypeError, ValueError, AttributeError, errors.ConfigError) as exc:
         problem = f"is incomplete or damaged ({type(exc).__name__}: {str(exc)[:100]})"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=path, problem=problem, fix=DAMAGED_RUN)
-        ) from None
+        raise files.damaged(path, problem, DAMAGED_RUN) from None
     config["train"] = train.to_dict()
     return config
 

@@ -203,13 +203,15 @@ def _fit(
     if not cluster.main:  # one progress display and one writer: rank 0
         listener = SilentListener()
     data = _load(config, run_dir, cluster, listener)
-    if fingerprint is not None and data_fingerprint(data) != fingerprint:
+    needed = fingerprint is not None or cluster.main  # to compare, or to record in config.json
+    data_now = data_fingerprint(data) if needed else None
+    if fingerprint is not None and data_now != fingerprint:
         raise errors.RunError(errors.DATA_CHANGED.format(path=run_dir, data=data.source))
     s = _set_up(config, data, device, cluster)
     weighting = weighting_for(config)
     history = _restore(s, weighting, state, run_dir) if state is not None else []
     if cluster.main:
-        _write_config(s, run_dir)
+        _write_config(s, run_dir, data_now)
     last: EpochWeights | None = None
     for epoch in range(len(history), config.epochs):
         distributed.sync_buffers(s.model, cluster)
@@ -543,7 +545,7 @@ def training_density(config: TrainConfig, mu: torch.Tensor) -> LatentHistogram:
     ).fit(mu)
 
 
-def _write_config(s: _Setup, run_dir: Path) -> None:
+def _write_config(s: _Setup, run_dir: Path, fingerprint: str | None) -> None:
     files.write_json(
         run_dir / runfolder.CONFIG,
         {
@@ -558,7 +560,7 @@ def _write_config(s: _Setup, run_dir: Path) -> None:
                 "n_train": len(s.train_idx),
                 "n_val": len(s.val_idx),
                 "n_skipped": len(s.data.skipped),
-                "fingerprint": data_fingerprint(s.data),
+                "fingerprint": fingerprint,
             },
             "device": str(s.device),
             "processes": s.cluster.world,

@@ -14,8 +14,8 @@ groups to measure:
 
 from __future__ import annotations
 
-import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,9 +148,8 @@ def write_synthetic(
     >>> write_synthetic("faces", n_faces=100, n_non_faces=100)  # doctest: +SKIP
     """
     rng = np.random.default_rng(seed)
-    with _staged(out) as root:
-        (root / "face").mkdir()
-        (root / "not_face").mkdir()
+
+    def draw(root: Path) -> list[tuple[str, ...]]:
         rows = []
         for i in range(n_faces):
             dark, glasses = rng.random() < dark_fraction, rng.random() < glasses_fraction
@@ -161,8 +160,9 @@ def write_synthetic(
             path = f"not_face/{i:05d}.png"
             draw_non_face(rng, size).save(root / path)
             rows.append((path, "not_face", "", ""))
-        _write_labels(root, rows)
-    return Path(out) / LABELS
+        return rows
+
+    return _write_set(out, ("face", "not_face"), draw)
 
 
 def write_shortcut_synthetic(
@@ -198,10 +198,9 @@ def write_shortcut_synthetic(
         The labels CSV (columns ``path,label,skin_tone,glasses``).
     """
     rng = np.random.default_rng(seed)
-    with _staged(out) as root:
+
+    def draw(root: Path) -> list[tuple[str, ...]]:
         rows = []
-        for label in ("glasses", "no_glasses"):
-            (root / label).mkdir()
         for i in range(n_faces):
             glasses = bool(rng.random() < 0.5)
             dark = glasses if rng.random() < shortcut else not glasses
@@ -209,16 +208,29 @@ def write_shortcut_synthetic(
             path = f"{label}/{i:05d}.png"
             draw_face(rng, size, dark=dark, glasses=glasses).save(root / path)
             rows.append((path, label, "dark" if dark else "light", "yes" if glasses else "no"))
-        _write_labels(root, rows)
-    return Path(out) / LABELS
+        return rows
+
+    return _write_set(out, ("glasses", "no_glasses"), draw)
 
 
 LABELS = "labels.csv"
 
 
-def _staged(out: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
-    """Stage a data set so it lands whole; a synthetic set is replaced, other files never are."""
-    return files.staged_folder(out, marker=LABELS, what="a synthetic data set")
+def _write_set(
+    out: str | os.PathLike[str],
+    classes: tuple[str, ...],
+    draw: Callable[[Path], list[tuple[str, ...]]],
+) -> Path:
+    """Write a data set whole: class folders, the images ``draw`` saves, then ``labels.csv``.
+
+    The set is staged beside ``out`` and lands in one rename (a kill leaves the previous set or
+    none); a synthetic set already at ``out`` is replaced, other files never are.
+    """
+    with files.staged_folder(out, marker=LABELS, what="a synthetic data set") as root:
+        for name in classes:
+            (root / name).mkdir()
+        _write_labels(root, draw(root))
+    return Path(out) / LABELS
 
 
 def _write_labels(root: Path, rows: list[tuple[str, ...]]) -> None:

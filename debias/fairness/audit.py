@@ -137,16 +137,14 @@ class AuditResult:
         """
         attribute = attribute or self._finest()
         rows = self.by_group[self.by_group.attribute == attribute]
-        if not len(rows):
-            known = ", ".join(attributes_of(self.options.groups)) or "none"
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="attribute",
-                    value=attribute,
-                    problem="not an audited attribute",
-                    fix=f"Use one of: {known}.",
-                )
-            )
+        known = ", ".join(attributes_of(self.options.groups)) or "none"
+        check_option(
+            len(rows) > 0,
+            "attribute",
+            attribute,
+            "not an audited attribute",
+            f"Use one of: {known}.",
+        )
         table = rows.assign(metric=self._metric_names(rows))
         wide = table.pivot(index="group", columns="metric", values="value")
         wide = wide[list(dict.fromkeys(table["metric"]))]  # the audit's metric order

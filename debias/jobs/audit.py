@@ -16,6 +16,7 @@ import dataclasses
 import io
 import math
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -223,7 +224,6 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
             device=device,
         )
         size = config.image_size or classifier.image_size or DEFAULT_IMAGE_SIZE
-        model_facts = _model_facts(config, classifier, size)
         data = load_data(
             config.data,
             labels=config.labels,
@@ -257,7 +257,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         listener.phase("predict", len(data))
         probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
         classes = config.classes or classifier.classes or data.classes
-        model_facts["classes"] = list(classes)
+        model_facts = _model_facts(config, classifier, size, classes)
         table = predictions_table(probabilities, classes, data.frame, data.classes, str(source))
         groups = _groups(table, data.group_columns, data.group_columns, source)
         images = data.images
@@ -293,7 +293,9 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
     return AuditReport(out, result, slices, table, notes)
 
 
-def _model_facts(config: AuditConfig, classifier: Any, size: int) -> dict[str, Any]:
+def _model_facts(
+    config: AuditConfig, classifier: Any, size: int, classes: Sequence[str]
+) -> dict[str, Any]:
     """Describe what the audit fed the model: file hash, input size, normalisation."""
     path = Path(config.model or "")
     weights = path / runfolder.CHECKPOINT if path.is_dir() else path
@@ -307,7 +309,7 @@ def _model_facts(config: AuditConfig, classifier: Any, size: int) -> dict[str, A
         "mean": list(config.mean or (0.0, 0.0, 0.0)) if external else None,
         "std": list(config.std or (1.0, 1.0, 1.0)) if external else None,
         "normalisation_assumed": external and (config.mean is None or config.std is None),
-        "classes": None,  # filled in once the class order is known
+        "classes": list(classes),
     }
 
 
@@ -467,11 +469,11 @@ def _write(
             "n": result.n,
             "classes": result.classes,
             "pos_label": result.pos_label,
-            "summary": _jsonable(result.summary()),
+            "summary": result.summary(),
             "notes": notes,
-            "by_group": _records(result.by_group),
-            "disparities": _records(result.disparities),
-            "slices": _records(slices),
+            "by_group": result.by_group.to_dict("records"),
+            "disparities": result.disparities.to_dict("records"),
+            "slices": slices.to_dict("records"),
         },
     )
 
@@ -484,20 +486,3 @@ def _write_grid(path: Path, images: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(row.transpose(1, 2, 0)).save(buffer, format="PNG")
     files.atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [_jsonable(r) for r in frame.to_dict("records")]
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN becomes None (JSON has no NaN); numpy scalars become Python ones."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

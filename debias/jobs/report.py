@@ -159,23 +159,10 @@ def _read_outliers(csv_path: str | None) -> tuple[dict[str, Any] | None, pd.Data
         wrong.append("threshold")
     if wrong or not isinstance(summary.get("evaluation") or {}, dict):
         problem = f"lacks {', '.join(wrong) or 'a readable evaluation'}"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=pair, problem=problem, fix=RERUN_OUTLIERS)
-        )
-    try:
-        # Read as text: with no unreadable rows the column is all empty and would parse as float.
-        table = pd.read_csv(csv, dtype={"reason": str, "path": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        problem = f"not a readable CSV ({str(exc).splitlines()[0][:100]})"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=csv, problem=problem, fix=RERUN_OUTLIERS)
-        ) from None
-    missing = {"path", "rank", "p_value", "reason"} - set(table.columns)
-    if missing:
-        problem = f"lacks the column(s) {', '.join(sorted(missing))}"
-        raise errors.RunError(
-            errors.DAMAGED_FILE.format(path=csv, problem=problem, fix=RERUN_OUTLIERS)
-        )
+        raise files.damaged(pair, problem, RERUN_OUTLIERS)
+    # Read as text: with no unreadable rows the column is all empty and would parse as float.
+    columns = {"path", "rank", "p_value", "reason"}
+    table = files.read_csv(csv, RERUN_OUTLIERS, columns, dtype={"reason": str, "path": str})
     table["reason"] = table["reason"].fillna("")
     table["path"] = table["path"].fillna("")
     return {k: v for k, v in summary.items() if k != "config"}, table
