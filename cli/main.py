@@ -60,13 +60,29 @@ def _main(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print nothing but errors (and --json); the exit code tells."
+        ),
+    ] = False,
 ) -> None:
     """Fair face classifiers without group labels: the debiasing VAE (DB-VAE)."""
+    # Set on every call (tests run many commands in one process); torchrun's other ranks stay quiet.
+    console.quiet = quiet or distributed.from_env().rank > 0
+
+
+def _console(stderr: bool = False, quiet: bool = False) -> Console:
+    """Return a console that never cuts or wraps numbers when its output is a file or a pipe."""
+    probe = Console(stderr=stderr)
+    # Not a terminal: rich would wrap at 80 columns and cut table cells; lines stay whole.
+    width = None if probe.is_terminal else 10_000
+    return Console(stderr=stderr, quiet=quiet, width=width)
 
 
 # Under torchrun only rank 0 shows progress and results; every rank still reports errors.
-console = Console(quiet=distributed.from_env().rank > 0)
-err_console = Console(stderr=True)
+console = _console()
+err_console = _console(stderr=True)
 
 
 MAX_SYNTH = 1_000_000  # images per class: more is a typo, and hours of drawing
@@ -100,38 +116,61 @@ def _errors(resume_hint: Path | None = None) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _default(cls: type, name: str) -> str:
-    """' (default: X)' for --help, read from the config dataclass so it is never stale."""
+def _shown(cls: type, name: str) -> str | bool:
+    """Return the default --help shows for an option left None (so resume sees "not given").
+
+    Read from the config dataclass so it is never stale; shown as typer shows every default.
+    """
     value = getattr(cls, name)
-    return f" (default: {value})" if value is not None else ""
+    return str(value) if value is not None else False
 
 
 # Options shared by commands that read data (train now; audit and outliers later).
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", help="Folder: class folders, labels.csv, UTKFace names or CelebA."),
+    typer.Option(
+        "--data",
+        help="Folder: class folders, labels.csv, UTKFace names or CelebA.",
+        rich_help_panel="Data",
+    ),
 ]
 LabelsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--labels", help="Labels CSV (path,label,...); paths relative to the CSV's folder."
+        "--labels",
+        help="Labels CSV (path,label,...); paths relative to the CSV's folder.",
+        rich_help_panel="Data",
     ),
 ]
 TargetOpt = Annotated[
     str | None,
     typer.Option(
-        "--target", help="Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute."
+        "--target",
+        help="Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute.",
+        rich_help_panel="Data",
     ),
 ]
 GroupsOpt = Annotated[
     str | None,
     typer.Option(
-        "--groups", help="Comma-separated attribute columns to evaluate by (default: all suitable)."
+        "--groups",
+        help="Comma-separated attribute columns to evaluate by (default: all suitable).",
+        rich_help_panel="Data",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace an existing output set at --out.", rich_help_panel="Output"
     ),
 ]
 DeviceOpt = Annotated[
     str | None,
-    typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    typer.Option(
+        "--device",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+        rich_help_panel="Machine",
+    ),
 ]
 
 
@@ -141,68 +180,133 @@ def train(
     labels: LabelsOpt = None,
     target: TargetOpt = None,
     groups: GroupsOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<date-time>).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default runs/<date-time>).", rich_help_panel="Output"),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
             help="Finish the run in this folder (only --epochs, --device, --lr and a moved "
-            "--data/--labels may change)."
+            "--data/--labels may change).",
+            rich_help_panel="Output",
         ),
     ] = None,
     allow_changed_data: Annotated[
         bool,
         typer.Option(
-            help="With --resume: go on although the data's files changed since the run started."
+            help="With --resume: go on although the data's files changed since the run started.",
+            rich_help_panel="Output",
         ),
     ] = False,
-    baseline: Annotated[bool, typer.Option(help="Train the plain classifier instead.")] = False,
+    baseline: Annotated[
+        bool, typer.Option(help="Train the plain classifier instead.", rich_help_panel="Method")
+    ] = False,
     balance_groups: Annotated[
         str | None,
         typer.Option(
-            help="Resample by these group columns instead (reads group labels; the oracle)."
+            help="Resample by these group columns instead (reads group labels; the oracle).",
+            rich_help_panel="Method",
         ),
     ] = None,
     strict: Annotated[
-        bool, typer.Option(help="Fail on unreadable files instead of skipping.")
+        bool,
+        typer.Option(help="Fail on unreadable files instead of skipping.", rich_help_panel="Data"),
     ] = False,
-    epochs: Annotated[int | None, typer.Option(help=_default(TrainConfig, "epochs"))] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help=_default(TrainConfig, "batch_size"))
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Passes over the training images.",
+            show_default=_shown(TrainConfig, "epochs"),
+            rich_help_panel="Training",
+        ),
     ] = None,
-    lr: Annotated[float | None, typer.Option(help=_default(TrainConfig, "lr"))] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per optimisation step.",
+            show_default=_shown(TrainConfig, "batch_size"),
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (Adam).",
+            show_default=_shown(TrainConfig, "lr"),
+            rich_help_panel="Training",
+        ),
+    ] = None,
     lr_schedule: Annotated[
-        str | None, typer.Option(help="cosine or constant." + _default(TrainConfig, "lr_schedule"))
+        str | None,
+        typer.Option(
+            help="cosine or constant.",
+            show_default=_shown(TrainConfig, "lr_schedule"),
+            rich_help_panel="Training",
+        ),
     ] = None,
     latent_dim: Annotated[
-        int | None, typer.Option(help=_default(ModelConfig, "latent_dim"))
+        int | None,
+        typer.Option(
+            help="Dimensions of the VAE's latent space.",
+            show_default=_shown(ModelConfig, "latent_dim"),
+            rich_help_panel="Model",
+        ),
     ] = None,
     image_size: Annotated[
         int | None,
-        typer.Option(help="Side in pixels (multiple of 16)." + _default(ModelConfig, "image_size")),
+        typer.Option(
+            help="Side in pixels (multiple of 16).",
+            show_default=_shown(ModelConfig, "image_size"),
+            rich_help_panel="Model",
+        ),
     ] = None,
     filters: Annotated[
         int | None,
-        typer.Option(help="Filters of the first conv layer." + _default(ModelConfig, "filters")),
+        typer.Option(
+            help="Filters of the first conv layer.",
+            show_default=_shown(ModelConfig, "filters"),
+            rich_help_panel="Model",
+        ),
     ] = None,
     hidden: Annotated[
-        int | None, typer.Option(help="Width of the dense layer." + _default(ModelConfig, "hidden"))
+        int | None,
+        typer.Option(
+            help="Width of the dense layer.",
+            show_default=_shown(ModelConfig, "hidden"),
+            rich_help_panel="Model",
+        ),
     ] = None,
     alpha: Annotated[
-        float | None, typer.Option(help="Histogram smoothing." + _default(TrainConfig, "alpha"))
+        float | None,
+        typer.Option(
+            help="Histogram smoothing.",
+            show_default=_shown(TrainConfig, "alpha"),
+            rich_help_panel="Method",
+        ),
     ] = None,
     bins: Annotated[
         int | None,
-        typer.Option(help="Histogram bins per latent dimension." + _default(TrainConfig, "bins")),
+        typer.Option(
+            help="Histogram bins per latent dimension.",
+            show_default=_shown(TrainConfig, "bins"),
+            rich_help_panel="Method",
+        ),
     ] = None,
     combine: Annotated[
         str | None,
-        typer.Option(help="product (paper) or max (lab)." + _default(TrainConfig, "combine")),
+        typer.Option(
+            help="product (paper) or max (lab).",
+            show_default=_shown(TrainConfig, "combine"),
+            rich_help_panel="Method",
+        ),
     ] = None,
     ess_fraction: Annotated[
         float | None,
         typer.Option(
-            help="Keep this effective sample share per class (0 turns it off)."
-            + _default(TrainConfig, "ess_fraction")
+            help="Keep this effective sample share per class (0 turns it off).",
+            show_default=_shown(TrainConfig, "ess_fraction"),
+            rich_help_panel="Method",
         ),
     ] = None,
     weighting: Annotated[
@@ -210,66 +314,112 @@ def train(
         typer.Option(
             help="How each epoch's draws are weighted: rarity (the DB-VAE's latent histograms), "
             "errors (what an early plain model gets wrong gets --error-share of its class) or "
-            "errors+rarity." + _default(TrainConfig, "weighting")
+            "errors+rarity.",
+            show_default=_shown(TrainConfig, "weighting"),
+            rich_help_panel="Method",
         ),
     ] = None,
     error_epoch: Annotated[
         int | None,
         typer.Option(
-            help="Epochs of plain training before the error set is frozen."
-            + _default(TrainConfig, "error_epoch")
+            help="Epochs of plain training before the error set is frozen.",
+            show_default=_shown(TrainConfig, "error_epoch"),
+            rich_help_panel="Method",
         ),
     ] = None,
     error_share: Annotated[
         float | None,
         typer.Option(
-            help="Share of each class's draws its error set gets."
-            + _default(TrainConfig, "error_share")
+            help="Share of each class's draws its error set gets.",
+            show_default=_shown(TrainConfig, "error_share"),
+            rich_help_panel="Method",
         ),
     ] = None,
     warmup_epochs: Annotated[
-        int | None, typer.Option(help=_default(TrainConfig, "warmup_epochs"))
+        int | None,
+        typer.Option(
+            help="Epochs of uniform sampling before resampling starts.",
+            show_default=_shown(TrainConfig, "warmup_epochs"),
+            rich_help_panel="Method",
+        ),
     ] = None,
     density_components: Annotated[
         int | None,
         typer.Option(
-            help="Histogram this many principal axes of the latents instead of every dimension."
-            + _default(TrainConfig, "density_components")
+            help="Histogram this many principal axes of the latents instead of every dimension.",
+            show_default=_shown(TrainConfig, "density_components"),
+            rich_help_panel="Method",
         ),
     ] = None,
     kl_weight: Annotated[
-        float | None, typer.Option(help=_default(TrainConfig, "kl_weight"))
+        float | None,
+        typer.Option(
+            help="Weight of the VAE's KL term in the loss.",
+            show_default=_shown(TrainConfig, "kl_weight"),
+            rich_help_panel="Model",
+        ),
     ] = None,
     recon: Annotated[
         str | None,
-        typer.Option(help="Reconstruction error: l1 or l2." + _default(TrainConfig, "recon")),
+        typer.Option(
+            help="Reconstruction error: l1 or l2.",
+            show_default=_shown(TrainConfig, "recon"),
+            rich_help_panel="Model",
+        ),
     ] = None,
     vae_on: Annotated[
-        str | None, typer.Option(help="auto, all or positive." + _default(TrainConfig, "vae_on"))
+        str | None,
+        typer.Option(
+            help="auto, all or positive.",
+            show_default=_shown(TrainConfig, "vae_on"),
+            rich_help_panel="Method",
+        ),
     ] = None,
     positive_class: Annotated[
-        str | None, typer.Option(help="The class the VAE models with --vae-on positive.")
+        str | None,
+        typer.Option(
+            help="The class the VAE models with --vae-on positive.", rich_help_panel="Method"
+        ),
     ] = None,
     augment: Annotated[
         bool | None,
         typer.Option(
-            "--augment/--no-augment", help="Flip, colour jitter and +-4 px shifts while training."
+            "--augment/--no-augment",
+            help="Flip, colour jitter and +-4 px shifts while training.",
+            rich_help_panel="Training",
         ),
     ] = None,
     precision: Annotated[
         str | None,
         typer.Option(
-            help="auto (float16 mixed precision on CUDA, else float32), float32 or bfloat16."
+            help="auto (float16 mixed precision on CUDA, else float32), float32 or bfloat16.",
+            rich_help_panel="Training",
         ),
     ] = None,
     val_fraction: Annotated[
-        float | None, typer.Option(help=_default(TrainConfig, "val_fraction"))
+        float | None,
+        typer.Option(
+            help="Share of the images held out for validation.",
+            show_default=_shown(TrainConfig, "val_fraction"),
+            rich_help_panel="Data",
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help=_default(TrainConfig, "seed"))] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the split, the initialisation and the sampling.",
+            show_default=_shown(TrainConfig, "seed"),
+            rich_help_panel="Training",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     num_workers: Annotated[
         int | None,
-        typer.Option(help="Image decoding processes." + _default(TrainConfig, "num_workers")),
+        typer.Option(
+            help="Image decoding processes.",
+            show_default=_shown(TrainConfig, "num_workers"),
+            rich_help_panel="Machine",
+        ),
     ] = None,
 ) -> None:
     """Train a debiased classifier (DB-VAE), or the plain baseline, into a run folder."""
@@ -382,12 +532,16 @@ def _references(value: str | None, groups: list[str] | None) -> dict[str, str]:
 def audit(
     model: Annotated[
         Path | None,
-        typer.Option(help="Classifier to audit: a debias run folder, TorchScript or ONNX file."),
+        typer.Option(
+            help="Classifier to audit: a debias run folder, TorchScript or ONNX file.",
+            rich_help_panel="What to audit",
+        ),
     ] = None,
     predictions: Annotated[
         Path | None,
         typer.Option(
-            help="Or a CSV of predictions: y_true, y_pred (or score + --threshold), groups."
+            help="Or a CSV of predictions: y_true, y_pred (or score + --threshold), groups.",
+            rich_help_panel="What to audit",
         ),
     ] = None,
     data: DataOpt = None,
@@ -395,69 +549,128 @@ def audit(
     target: TargetOpt = None,
     groups: GroupsOpt = None,
     split: Annotated[
-        str | None, typer.Option(help="Audit only this split (train/val/test) of a partition.")
+        str | None,
+        typer.Option(
+            help="Audit only this split (train/val/test) of a partition.", rich_help_panel="Data"
+        ),
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Input side of an external model (default 64).")
+        int | None,
+        typer.Option(
+            help="Input side of an external model (default 64).", rich_help_panel="External model"
+        ),
     ] = None,
     mean: Annotated[
         str | None,
-        typer.Option(help="External model input mean per channel, e.g. 0.485,0.456,0.406."),
+        typer.Option(
+            help="External model input mean per channel, e.g. 0.485,0.456,0.406.",
+            rich_help_panel="External model",
+        ),
     ] = None,
     std: Annotated[
         str | None,
-        typer.Option(help="External model input std per channel, e.g. 0.229,0.224,0.225."),
+        typer.Option(
+            help="External model input std per channel, e.g. 0.229,0.224,0.225.",
+            rich_help_panel="External model",
+        ),
     ] = None,
     classes: Annotated[
         str | None,
         typer.Option(
-            help="Class names: an external model's output order, or all classes a CSV may predict."
+            help="Class names: an external model's output order, or all classes a CSV may predict.",
+            rich_help_panel="External model",
         ),
     ] = None,
     embed_with: Annotated[
         Path | None,
-        typer.Option(help="DB-VAE run whose latents find slices (default: --model if a run)."),
+        typer.Option(
+            help="DB-VAE run whose latents find slices (default: --model if a run).",
+            rich_help_panel="Slices",
+        ),
     ] = None,
     threshold: Annotated[
-        float, typer.Option(help="Decision threshold on a CSV's score column.")
+        float,
+        typer.Option(
+            help="Decision threshold on a CSV's score column.", rich_help_panel="External model"
+        ),
     ] = AuditConfig.threshold,
     reference: Annotated[
         str | None,
-        typer.Option(help="Reference group per attribute, e.g. race=White (default: largest)."),
+        typer.Option(
+            help="Reference group per attribute, e.g. race=White (default: largest).",
+            rich_help_panel="Statistics",
+        ),
     ] = None,
     bootstrap: Annotated[
-        int, typer.Option(help="Bootstrap replicates for confidence intervals (0: none).")
+        int,
+        typer.Option(
+            help="Bootstrap replicates for confidence intervals (0: none).",
+            rich_help_panel="Statistics",
+        ),
     ] = AuditOptions.bootstrap,
-    ci: Annotated[float, typer.Option(help="Confidence level.")] = AuditOptions.ci,
+    ci: Annotated[
+        float, typer.Option(help="Confidence level.", rich_help_panel="Statistics")
+    ] = AuditOptions.ci,
     tau: Annotated[
-        float, typer.Option(help="Four-fifths rule: fair iff tau <= ratio <= 1/tau.")
+        float,
+        typer.Option(
+            help="Four-fifths rule: fair iff tau <= ratio <= 1/tau.", rich_help_panel="Statistics"
+        ),
     ] = AuditOptions.tau,
     min_group_size: Annotated[
-        int, typer.Option(help="Smaller groups are reported as too small to judge.")
+        int,
+        typer.Option(
+            help="Smaller groups are reported as too small to judge.", rich_help_panel="Statistics"
+        ),
     ] = AuditOptions.min_group_size,
     pos_label: Annotated[
-        str | None, typer.Option(help="Positive class of a binary target.")
+        str | None,
+        typer.Option(help="Positive class of a binary target.", rich_help_panel="Statistics"),
     ] = None,
     slices: Annotated[
-        int, typer.Option(help="Latent clusters for label-free slice discovery.")
+        int,
+        typer.Option(
+            help="Latent clusters for label-free slice discovery.", rich_help_panel="Slices"
+        ),
     ] = AuditOptions.slices,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the clustering.")] = (
-        AuditOptions.seed
-    ),
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the bootstrap and the clustering.", rich_help_panel="Statistics"
+        ),
+    ] = (AuditOptions.seed),
     device: DeviceOpt = None,
+    correction: Annotated[
+        str,
+        typer.Option(
+            help="Multiple-comparison correction of significance: none, or holm (Holm's "
+            "step-down over every judged disparity).",
+            rich_help_panel="Statistics",
+        ),
+    ] = AuditOptions.correction,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default reports/audit-<date-time>).")
+        Path | None,
+        typer.Option(
+            help="Output folder (default reports/audit-<date-time>).",
+            rich_help_panel="Output",
+        ),
     ] = None,
+    overwrite: OverwriteOpt = False,
     fail_on: Annotated[
         str,
         typer.Option(
             help="Exit with code 3 when the audit finds four-fifths failures: 'significant' "
-            "(difference interval excludes 0), 'any', or 'none'."
+            "(difference significant, see --correction), 'any', or 'none'.",
+            rich_help_panel="Output",
         ),
     ] = "none",
     json_summary: Annotated[
         bool,
-        typer.Option("--json", help="Print a machine-readable summary on stdout, not tables."),
+        typer.Option(
+            "--json",
+            help="Print a machine-readable summary on stdout, not tables.",
+            rich_help_panel="Output",
+        ),
     ] = False,
 ) -> None:
     """Audit a classifier per group and intersection, with confidence intervals and slices."""
@@ -478,6 +691,7 @@ def audit(
             threshold=threshold,
             device=device or "auto",
             out=str(out) if out else None,
+            overwrite=overwrite,
             options=AuditOptions(
                 groups=group_list or [],
                 reference=_references(reference, group_list),
@@ -488,6 +702,7 @@ def audit(
                 pos_label=pos_label,
                 slices=slices,
                 seed=seed,
+                correction=correction,
             ),
         )
         if fail_on not in ("none", "any", "significant"):
@@ -530,41 +745,73 @@ def audit(
 
 @app.command()
 def outliers(
-    model: Annotated[Path, typer.Option(help="The debias run folder whose faces are the norm.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="The debias run folder whose faces are the norm.", rich_help_panel="Inputs"
+        ),
+    ],
     data: Annotated[
-        Path | None, typer.Option(help="Folder of images to score (any depth, no labels needed).")
+        Path | None,
+        typer.Option(
+            help="Folder of images to score (any depth, no labels needed).",
+            rich_help_panel="Inputs",
+        ),
+    ] = None,
+    paths: Annotated[
+        Path | None,
+        typer.Option(
+            help="Or a CSV whose 'path' column lists the images.", rich_help_panel="Inputs"
+        ),
     ] = None,
     labels: Annotated[
-        Path | None, typer.Option(help="Or a CSV whose 'path' column lists the images.")
+        Path | None,
+        typer.Option(hidden=True, help="Old name of --paths.", rich_help_panel="Inputs"),
     ] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
             help="Folder or CSV of faces like the ones you screen, to calibrate the false-flag "
-            "rate on (default: the run's validation faces)."
+            "rate on (default: the run's validation faces).",
+            rich_help_panel="Calibration",
         ),
     ] = None,
     eval_labels: Annotated[
         Path | None,
         typer.Option(
-            help="CSV of path,type (inlier or the outlier type): report AUROC/AUPR per type."
+            help="CSV of path,type (inlier or the outlier type): report AUROC/AUPR per type.",
+            rich_help_panel="Calibration",
         ),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="CSV to write (default reports/outliers-<date-time>.csv); JSON beside."),
+        typer.Option(
+            help="CSV to write (default reports/outliers-<date-time>.csv); JSON beside.",
+            rich_help_panel="Output",
+        ),
     ] = None,
+    overwrite: OverwriteOpt = False,
     contamination: Annotated[
-        float, typer.Option(help="Target share of inliers flagged (false-flag rate).")
+        float,
+        typer.Option(
+            help="Target share of inliers flagged (false-flag rate).", rich_help_panel="Calibration"
+        ),
     ] = OutlierConfig.contamination,
     rare_fraction: Annotated[
-        float, typer.Option(help="Share of validation faces the rarity flag calls rare.")
+        float,
+        typer.Option(
+            help="Share of validation faces the rarity flag calls rare.",
+            rich_help_panel="Calibration",
+        ),
     ] = OutlierConfig.rare_fraction,
     combine: Annotated[
-        str, typer.Option(help="min or fisher: how component p-values combine.")
+        str,
+        typer.Option(
+            help="min or fisher: how component p-values combine.", rich_help_panel="Calibration"
+        ),
     ] = OutlierConfig.combine,
     chunk_size: Annotated[
-        int, typer.Option(help="Images decoded and scored at a time.")
+        int, typer.Option(help="Images decoded and scored at a time.", rich_help_panel="Output")
     ] = OutlierConfig.chunk_size,
     device: DeviceOpt = None,
 ) -> None:
@@ -573,7 +820,7 @@ def outliers(
         config = OutlierConfig(
             model=str(model),
             data=str(data) if data else None,
-            labels=str(labels) if labels else None,
+            paths=str(paths or labels) if paths or labels else None,
             calibration=str(calibration) if calibration else None,
             eval_labels=str(eval_labels) if eval_labels else None,
             contamination=contamination,
@@ -582,6 +829,7 @@ def outliers(
             chunk_size=chunk_size,
             device=device or "auto",
             out=str(out) if out else None,
+            overwrite=overwrite,
         )
         with RichListener(console) as listener:
             report = write_outliers(config, listener=listener)
@@ -590,42 +838,71 @@ def outliers(
 
 @app.command()
 def report(
-    run: Annotated[Path, typer.Argument(help="The debiased run folder.")],
-    baseline: Annotated[
-        Path | None, typer.Option(help="A plain-classifier run to compare with.")
+    run: Annotated[
+        Path | None,
+        typer.Argument(help="Same as --model (kept for older scripts).", show_default=False),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="What the report is about: a debias run folder, or the model file the audit "
+            "audited (its SHA-256 is checked). Default: what --audit audited."
+        ),
     ] = None,
     audit: Annotated[
-        Path | None, typer.Option(help="An audit folder of RUN (debias audit --out).")
+        Path | None, typer.Option(help="An audit folder of the model (debias audit --out).")
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A plain-classifier run to compare with.")
     ] = None,
     baseline_audit: Annotated[
         Path | None,
         typer.Option(
-            help="An audit folder of the baseline on the same images (default: the report "
-            "audits the baseline itself, with the audit's options)."
+            help="An audit of the baseline on the same images (default for a baseline run: the "
+            "report audits it with the audit's options). Alone, it names the baseline."
         ),
     ] = None,
     outliers: Annotated[
         Path | None, typer.Option(help="An outliers.csv written by debias outliers.")
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Report name (default: the run's).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Report name (default: the model's file or folder name).")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default reports/<name>).")
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write a fairness report (HTML, JSON, Markdown) a reviewer can read."""
+    """Write a fairness report (HTML, JSON, Markdown) about any audited classifier."""
     with _errors():
+        if run and model and run != model:
+            raise errors.ConfigError(
+                errors.BAD_OPTION.format(
+                    option="model",
+                    value=model,
+                    problem=f"differs from the positional {run}",
+                    fix="Pass the model once, as --model.",
+                )
+            )
+        chosen = model or run
         config = ReportConfig(
-            run=str(run),
+            model=str(chosen) if chosen else None,
             baseline=str(baseline) if baseline else None,
             audit=str(audit) if audit else None,
             baseline_audit=str(baseline_audit) if baseline_audit else None,
             outliers=str(outliers) if outliers else None,
             name=name,
             out=str(out) if out else None,
+            overwrite=overwrite,
         )
         with RichListener(console) as listener:
             html = write_report(config, listener=listener)
-    console.print(f"Report: {html}", highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f"Report: {html} (report.json and report.md beside it)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -635,7 +912,7 @@ def demo(
     ),
     epochs: Annotated[int, typer.Option(help="Training epochs of both models.")] = 10,
     device: DeviceOpt = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the data and both models.")] = 0,
 ) -> None:
     """Synthetic faces -> baseline + DB-VAE -> audit -> outliers -> report, nothing to download."""
     with _errors():

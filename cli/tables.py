@@ -53,16 +53,22 @@ def show_audit(console: Console, report: AuditReport) -> None:
             markup=False,
         )
 
-    failing = result.disparities[result.disparities.flag == "fail"].copy()
+    failing = result.failing().copy()
     if len(failing):
         failing["distance"] = (failing["ratio"].clip(lower=1e-9).map(math.log)).abs()
-        failing = failing.sort_values("distance", ascending=False)
+        failing = failing.sort_values(["significant", "distance"], ascending=False)
+        ways = summary["failing_significant_by_direction"]
+        said = ", ".join(f"{n} {way}" for way, n in ways.items() if n)
+        correction = " after Holm's correction" if config.correction == "holm" else ""
         table = Table(
             title=f"Failing the four-fifths rule (ratio outside [{config.tau}, "
-            f"{1 / config.tau:.2f}]): {len(failing)} of {summary['judged']} judged",
+            f"{1 / config.tau:.2f}]): {len(failing)} of {summary['judged']} judged; "
+            f"{summary['failing_significant']} significant{correction}"
+            + (f" (group {said} off than its reference)" if said else ""),
             title_justify="left",
         )
-        for column in ("attribute", "group", "vs", "metric", "value", "ref", "ratio [CI]", "sig."):
+        columns = ("attribute", "group", "vs", "metric", "value", "ref", "ratio [CI]", "sig.")
+        for column in (*columns, "group is"):
             table.add_column(column, justify="right" if column in ("value", "ref") else "left")
         for _, row in failing.head(MAX_ROWS).iterrows():
             _add_row(
@@ -75,8 +81,18 @@ def show_audit(console: Console, report: AuditReport) -> None:
                 _num(row["reference_value"]),
                 f"{_num(row['ratio'], 2)} {_interval(row['ratio_ci_low'], row['ratio_ci_high'])}",
                 "yes" if row["significant"] else "no",
+                row["direction"],
             )
         console.print(table)
+        _left_out(console, len(failing), f"{report.out}/disparities.csv")
+        if summary["duplicates"]:
+            console.print(
+                f"{summary['duplicates']} row(s) repeat another row's fact (same metric, values "
+                "and interval, e.g. when all positives are in one subgroup): not counted again; "
+                "see duplicate_of in disparities.csv",
+                highlight=False,
+                markup=False,
+            )
     else:
         console.print(f"No judged group fails the four-fifths rule (tau {config.tau}).")
 
@@ -97,13 +113,33 @@ def show_audit(console: Console, report: AuditReport) -> None:
             "" if row["judged"] else f"too small (< {config.min_group_size})",
         )
     console.print(table)
+    _left_out(console, len(groups), f"{report.out}/by_group.csv")
 
-    clusters = report.slices[report.slices["kind"] == "cluster"] if len(report.slices) else None
-    if clusters is not None and len(clusters):
+    slices = report.slices
+    clusters = slices[slices["kind"] == "cluster"] if len(slices) else slices
+    if len(clusters):
         _show_slices(console, clusters, config.ci)
+        _left_out(console, len(clusters), f"{report.out}/slices.csv")
+    deciles = slices[slices["kind"] != "cluster"] if len(slices) else slices
+    if len(deciles):
+        _show_deciles(console, deciles, config.ci)
     for note in report.notes:
         console.print(f"Note: {note}", highlight=False, markup=False)
-    console.print(f"Wrote {report.out}/audit.json, by_group.csv, disparities.csv, slices.csv")
+    written = sorted(str(p.relative_to(report.out)) for p in report.out.rglob("*") if p.is_file())
+    console.print(
+        f"Wrote {report.out}/: {', '.join(written)}", highlight=False, markup=False, soft_wrap=True
+    )
+
+
+def _left_out(console: Console, n: int, where: str) -> None:
+    """Say how many rows a table left out, and where they all are."""
+    if n > MAX_ROWS:
+        console.print(
+            f"... {n - MAX_ROWS} more row(s) not shown; all {n} in {where}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _add_row(table: Table, *cells: str) -> None:
@@ -128,6 +164,25 @@ def _show_slices(console: Console, clusters: pd.DataFrame, ci: float) -> None:
             _interval(row["ci_low"], row["ci_high"]),
             f"{row['share_of_errors']:.0%}",
             row["composition"] or "",
+        )
+    console.print(table)
+
+
+def _show_deciles(console: Console, deciles: pd.DataFrame, ci: float) -> None:
+    """Print the error rate by latent-density decile: do rare faces fail more often."""
+    table = Table(
+        title="Error rate by latent-density decile (1 = rarest under the training density)",
+        title_justify="left",
+    )
+    for column in ("decile", "n", "error rate", f"{ci:.0%} CI"):
+        table.add_column(column)
+    for _, row in deciles.iterrows():
+        _add_row(
+            table,
+            str(row["slice"]),
+            str(row["n"]),
+            _num(row["error_rate"]),
+            _interval(row["ci_low"], row["ci_high"]),
         )
     console.print(table)
 

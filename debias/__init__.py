@@ -30,6 +30,7 @@ _EXPORTS = {
     "TrainConfig": "debias.config",
     "TrainResult": "debias.training",
     "audit": "debias.fairness.audit",
+    "audit_model": "debias.model_audit",
     "dbvae_loss": "debias.model",
     "effective_sample_size": "debias.resample",
     "load_data": "debias.data",

@@ -119,12 +119,22 @@ RESUME_OPTIONS = (
 
 PICKLED_MODEL = (
     "{path}: is a Python pickle (a torch.save of a whole model?); debias never unpickles files "
-    "because that can run arbitrary code. Export the model as TorchScript "
-    "(torch.jit.save(torch.jit.trace(model, example), path)) or ONNX (torch.onnx.export)."
+    "because that can run arbitrary code. Export the model with torch.export.save "
+    "(see the README), as TorchScript (torch.jit.save) or as ONNX (torch.onnx.export)."
 )
 NOT_A_MODEL = (
-    "{path}: not a TorchScript or ONNX model ({reason}). Pass a debias run folder, a TorchScript "
-    "file (torch.jit.save) or an .onnx file."
+    "{path}: not a torch.export, TorchScript or ONNX model ({reason}). Pass a debias run folder, "
+    "a .pt2 file (torch.export.save), a TorchScript file (torch.jit.save) or an .onnx file."
+)
+UNSAFE_PROGRAM = (
+    "{path}: this torch.export program stores {what} as Python pickles, and debias never "
+    "unpickles files because that can run arbitrary code. Export it again with plain tensor "
+    "weights (torch.export.save of a model whose parameters and buffers are tensors)."
+)
+MODEL_FAILED = (
+    "{path}: the model failed on a batch of inputs of shape {shape} ({reason}). Check "
+    "--image-size (the side it was trained at) and --mean/--std; a torch.export program needs "
+    "a dynamic batch dimension (see the README)."
 )
 NO_ONNXRUNTIME = (
     "{path}: ONNX models need onnxruntime, which is not installed. "
@@ -232,6 +242,27 @@ NO_IMAGE_FILES = "{path}: no image files found. Point {option} at a folder of im
 DAMAGED_FILE = "{path}: {problem}. {fix}"
 OUT_IS_DIR = "{path}: is a folder, but a file goes here. Pass a file path, or remove the folder."
 OUT_IS_FILE = "{path}: is a file, but a folder goes here. Pass another --out, or remove the file."
+AUDIT_NOT_OF_MODEL = (
+    "{audit}: is an audit of {audited}, not of {model} ({why}). Pass the audit of {model} "
+    "(debias audit --model {model} --data IMAGES --out A), or leave out --model to report on "
+    "what was audited."
+)
+REPORT_NEEDS_AUDIT = (
+    "{path}: a report about a model file needs its audit. Run debias audit --model {path} "
+    "--data IMAGES --out A, then debias report --audit A."
+)
+REPORT_NEEDS_SUBJECT = (
+    "Nothing to report on. Pass --audit A (a debias audit folder), --model RUN (a debias run "
+    "folder), or both."
+)
+BASELINE_NEEDS_AUDIT = (
+    "{path}: a baseline that is not a debias run needs its audit. Audit it on the same images "
+    "(debias audit --model {path} ... --out B), then pass --baseline-audit B."
+)
+NOT_SAME_IMAGES = (
+    "{audit} and {baseline_audit}: were not audited on the same images ({why}). Audit both "
+    "models with the same --data/--labels and options, or leave out --baseline-audit."
+)
 NOT_A_FILE = "{path}: is a folder, not a file. Pass the file inside it."
 LOCKED = (
     "{path}: another debias process is writing it ({holder}). "
@@ -245,6 +276,7 @@ OUT_FOREIGN = (
     "{path}: holds files that are not {what} (no {marker}), and writing there would replace "
     "them. Pass a new or empty --out folder."
 )
+OUT_EXISTS = "{path}: already holds {what}. Pass --overwrite to replace it, or another --out."
 DISK_FULL = "{path}: the disk is full. Free some space on it, or pass an --out on another disk."
 READ_ONLY = "{path}: the file system is read-only. Pass an --out on a writable disk."
 NO_PERMISSION = (

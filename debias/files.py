@@ -243,7 +243,9 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def staged_folder(dest: str | os.PathLike[str], marker: str, what: str) -> Iterator[Path]:
+def staged_folder(
+    dest: str | os.PathLike[str], marker: str, what: str, overwrite: bool = True
+) -> Iterator[Path]:
     """Yield an empty temp folder; when the block ends without error it becomes ``dest``.
 
     The previous ``dest`` (if any) is replaced in one atomic swap, so readers and a kill at any
@@ -259,14 +261,13 @@ def staged_folder(dest: str | os.PathLike[str], marker: str, what: str) -> Itera
         which are never replaced.
     what : str
         What the set is, for the message (e.g. "a debias audit").
+    overwrite : bool
+        Whether an existing set of the same kind may be replaced.
     """
     dest = Path(dest)
     _recover(dest)  # first: the set a kill left aside is a dead writer's temp, and kept
     remove_stale_temps(dest)
-    if dest.exists() and not dest.is_dir():
-        raise errors.RunError(errors.OUT_IS_FILE.format(path=dest))
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / marker).is_file():
-        raise errors.RunError(errors.OUT_FOREIGN.format(path=dest, what=what, marker=marker))
+    check_destination(dest, marker, what, overwrite)
     staging = _temp_name(dest, "new")
     staging.mkdir(parents=True)
     try:
@@ -291,15 +292,36 @@ def staged_folder(dest: str | os.PathLike[str], marker: str, what: str) -> Itera
 
 
 @contextlib.contextmanager
-def output_set(dest: str | os.PathLike[str], marker: str, what: str) -> Iterator[Path]:
+def output_set(
+    dest: str | os.PathLike[str], marker: str, what: str, overwrite: bool = True
+) -> Iterator[Path]:
     """Write a set of files as one: one writer at a time, landing whole; yield the folder to fill.
 
     Combines :func:`lock` and :func:`staged_folder`.
     """
     dest = Path(dest)
     with lock(dest.parent / f".{dest.name}.lock", dest):
-        with staged_folder(dest, marker, what) as staging:
+        with staged_folder(dest, marker, what, overwrite) as staging:
             yield staging
+
+
+def check_destination(
+    dest: str | os.PathLike[str], marker: str, what: str, overwrite: bool = False
+) -> None:
+    """Raise RunError unless a set can land at ``dest``: call it before the work, not after.
+
+    ``dest`` may be missing, an empty folder, or (with ``overwrite``) a set of the same kind:
+    one holding ``marker``. A file, a folder of other files, or an existing set without
+    ``overwrite`` is refused with one line.
+    """
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise errors.RunError(errors.OUT_IS_FILE.format(path=dest))
+    if dest.is_dir() and any(dest.iterdir()):
+        if not (dest / marker).is_file():
+            raise errors.RunError(errors.OUT_FOREIGN.format(path=dest, what=what, marker=marker))
+        if not overwrite:
+            raise errors.RunError(errors.OUT_EXISTS.format(path=dest, what=what))
 
 
 def _recover(dest: Path) -> None:

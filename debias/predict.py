@@ -1,19 +1,24 @@
-"""Where audited predictions come from: a debias run, a TorchScript or ONNX file, or a CSV.
+"""Where audited predictions come from: a debias run, a model file, or a CSV.
 
 Every source ends as the same table: one row per image with ``y_true``, ``y_pred``, optionally
 ``score`` (the positive class's probability) and ``path``, and the group columns. Model files are
-inspected before loading: a Python pickle is refused outright (unpickling runs arbitrary code),
-TorchScript loads through ``torch.jit.load`` (TorchScript's own restricted format) and ONNX through
-onnxruntime.
+inspected before loading: a Python pickle is refused outright (unpickling runs arbitrary code); a
+``torch.export`` program (``.pt2``, what this torch recommends) loads only when its archive holds
+no pickled objects, and with every tensor load forced to ``weights_only``; TorchScript loads
+through ``torch.jit.load`` (TorchScript's own restricted format) and ONNX through onnxruntime.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,7 +62,7 @@ class ModelFile:
     image_size : int or None
         Input side the model requires, when the file says (a run, an ONNX file with fixed sizes).
     kind : str
-        ``debias-run``, ``torchscript`` or ``onnx``.
+        ``debias-run``, ``torch-export``, ``torchscript`` or ``onnx``.
     """
 
     predict: Classifier
@@ -78,7 +83,8 @@ def load_classifier(
     Parameters
     ----------
     path : path-like
-        A run folder (with ``config.json``), a ``.pt``/``.pth`` TorchScript archive or a ``.onnx``.
+        A run folder (with ``config.json``), a ``torch.export`` program (``.pt2``), a
+        TorchScript archive (``.pt``/``.pth``) or an ``.onnx`` file.
     mean, std : sequence of float
         Per-channel normalisation of external models: inputs are ``(x / 255 - mean) / std``.
         A debias run uses its own preprocessing and ignores these.
@@ -92,7 +98,7 @@ def load_classifier(
     Raises
     ------
     RunError
-        When the file is missing, a pickle, or neither TorchScript nor ONNX.
+        When the file is missing, a pickle, a program holding pickles, or no model format.
     """
     path = Path(path)
     device = device or torch.device("cpu")
@@ -124,9 +130,139 @@ def load_classifier(
     def normalise(x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - shift) / scale
 
+    if head == ZIP_MAGIC and _is_export_archive(path):
+        return _load_export(path, normalise, device)
     if head == ZIP_MAGIC:
         return _load_torchscript(path, normalise, device)
     return _load_onnx(path, normalise)
+
+
+def module_classifier(
+    module: torch.nn.Module,
+    *,
+    classes: Sequence[str] | None = None,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    device: torch.device | None = None,
+) -> ModelFile:
+    """Wrap an in-memory ``torch.nn.Module`` as a classifier, fed as a model file would be.
+
+    Inputs are ``(x / 255 - mean) / std``; outputs may be logits or probabilities, ``(B, C)`` or
+    one column (:func:`_output`). The module is put in eval mode and is not copied.
+    """
+    device = device or torch.device("cpu")
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    module.eval()
+    name = Path(type(module).__name__)
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        inputs = ((x.float() / 255.0 - shift) / scale).to(device)
+        return _output(_call(module, inputs, name), name).cpu()
+
+    return ModelFile(predict, list(classes) if classes else None, None, "module")
+
+
+def _is_export_archive(path: Path) -> bool:
+    """Whether a zip file is a ``torch.export.save`` archive (its ``archive_format`` says pt2)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "archive_format"]
+            return bool(names) and archive.read(names[0]).strip() == b"pt2"
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False
+
+
+def _pickled_parts(archive: zipfile.ZipFile) -> list[str]:
+    """Parts of a pt2 archive that torch would unpickle: pickled weights and custom objects."""
+    found = []
+    for name in archive.namelist():
+        folder, _, base = name.rpartition("/")
+        if base.endswith(("_weights_config.json", "_constants_config.json")):
+            entries = json.loads(archive.read(name)).get("config", {})
+            for fqn, entry in entries.items():
+                # Plain tensors are raw bytes; anything else (pickled tensors, script or opaque
+                # objects) goes through pickle.
+                if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(
+                    ("weight_", "tensor_")
+                ):
+                    found.append(fqn)
+        elif base.endswith(".pt") and ("/data/weights" in f"/{folder}" or "/constants" in folder):
+            found.append(base)  # the legacy layout: one torch.save file of every weight
+    return found
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """Force every ``torch.load`` inside the block to ``weights_only=True``, whatever it asks."""
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",)}
+    saved["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _load_export(
+    path: Path, normalise: Callable[[torch.Tensor], torch.Tensor], device: torch.device
+) -> ModelFile:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickled = _pickled_parts(archive)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=str(exc)[:160])) from None
+    if pickled:
+        what = ", ".join(pickled[:3]) + (
+            f" and {len(pickled) - 3} more" if len(pickled) > 3 else ""
+        )
+        raise errors.RunError(errors.UNSAFE_PROGRAM.format(path=path, what=what))
+    try:
+        with _weights_only(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path))
+        module = program.module()
+        if device.type != "cpu":
+            module = module.to(device)
+    except Exception as exc:  # torch raises many types for archives it cannot read
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=_reason(exc))) from None
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return _output(_call(module, normalise(x).to(device), path), path).cpu()
+
+    return ModelFile(predict, None, _export_side(program), "torch-export")
+
+
+def _export_side(program: Any) -> int | None:
+    """Return the image side a program was exported with, if its example input says."""
+    try:
+        args = program.example_inputs[0]
+        shape = tuple(args[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return int(shape[-1]) if len(shape) == 4 else None
+
+
+def _call(module: Callable[[Any], Any], x: Any, path: Path) -> Any:
+    """Run an external model on a batch; its failure is one line about the input it was fed."""
+    try:
+        return module(x)
+    except Exception as exc:  # a model can raise anything on a wrong input
+        raise errors.RunError(
+            errors.MODEL_FAILED.format(path=path, shape=tuple(x.shape), reason=_reason(exc))
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Return an exception's first line, short enough for a one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def _load_torchscript(
@@ -138,13 +274,12 @@ def _load_torchscript(
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # torch raises RuntimeError and others for non-TorchScript zips
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=reason)) from None
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=_reason(exc))) from None
     module.eval()
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return _output(module(normalise(x).to(device)), path).cpu()
+        return _output(_call(module, normalise(x).to(device), path), path).cpu()
 
     return ModelFile(predict, None, None, "torchscript")
 
@@ -157,13 +292,13 @@ def _load_onnx(path: Path, normalise: Callable[[torch.Tensor], torch.Tensor]) ->
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=reason)) from None
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=_reason(exc))) from None
     spec = session.get_inputs()[0]
     side = spec.shape[-1] if len(spec.shape) == 4 and isinstance(spec.shape[-1], int) else None
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {spec.name: normalise(x).numpy()})[0]
+        batch = normalise(x).numpy()
+        out = _call(lambda b: session.run(None, {spec.name: b})[0], batch, path)
         return _output(torch.from_numpy(np.asarray(out, dtype=np.float32)), path)
 
     return ModelFile(predict, None, side, "onnx")

@@ -125,8 +125,13 @@ CASES = [
     ("metrics broken", _write("run/metrics.jsonl", "{\n"), REPORT, "metrics.jsonl: not one JSON"),
     ("no checkpoint yet", _remove("run/checkpoint.pt"), AUDIT, "before its first epoch ended"),
     ("never started", _remove("run/config.json"), REPORT, "before it saved anything"),
-    ("run is a file", _write("f.pt", "x"), ["report", "f.pt", "--audit", "audit"], "is a file"),
-    ("run missing", _nothing, ["report", "nope", "--audit", "audit"], "nope: folder not found"),
+    (
+        "audit of another",
+        _write("f.pt", "x"),
+        ["report", "f.pt", "--audit", "audit"],
+        "not of f.pt",
+    ),
+    ("run missing", _nothing, ["report", "nope", "--audit", "audit"], "nope: file not found"),
     # audit folders and outliers pairs
     ("audit not JSON", _write("audit/audit.json", "{"), REPORT, "audit.json: not valid JSON"),
     ("audit NaN", _write("audit/audit.json", '{"n": NaN}'), REPORT, "NaN is not allowed"),
@@ -362,7 +367,8 @@ def _snapshot(folder: Path) -> dict[str, str]:
 def test_kill_during_audit_leaves_the_old_set_or_the_new_one(world: Path, tmp_path: Path) -> None:
     root = tmp_path / "w"
     shutil.copytree(world, root)
-    command = [EXE, "audit", "--model", "run", "--data", "data", "--bootstrap", "200", "--seed"]
+    command = [EXE, "audit", "--model", "run", "--data", "data", "--bootstrap", "200",
+               "--overwrite", "--seed"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     old = _snapshot(root / "audit")
     landed = 0
@@ -389,8 +395,8 @@ def test_kill_during_audit_leaves_the_old_set_or_the_new_one(world: Path, tmp_pa
 @pytest.mark.parametrize(
     "command",
     [
-        [*AUDIT[:-1], "audit"],
-        [*REPORT[:-1], "report"],
+        [*AUDIT[:-1], "audit", "--overwrite"],
+        [*REPORT[:-1], "report", "--overwrite"],
         ["data", "synth", "data", "--faces", "10", "--non-faces", "10"],
     ],
     ids=["audit", "report", "synth"],
@@ -405,7 +411,7 @@ def test_death_mid_write_leaves_the_previous_set_whole(
     monkeypatch.chdir(root)
     if command[0] == "report":
         assert runner.invoke(app, command).exit_code == 0
-    dest = Path(command[-1] if command[0] != "data" else "data")
+    dest = Path(command[command.index("--out") + 1] if command[0] != "data" else "data")
     before = _snapshot(dest)
     real = files.atomic_write
     marker = {"audit": "audit.json", "report": "report.html", "data": "labels.csv"}[command[0]]

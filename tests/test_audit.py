@@ -10,9 +10,12 @@ import pytest
 from fairlearn.metrics import (
     MetricFrame,
     count,
+    demographic_parity_difference,
+    equalized_odds_difference,
     false_negative_rate,
     false_positive_rate,
     selection_rate,
+    true_negative_rate,
     true_positive_rate,
 )
 from sklearn.metrics import accuracy_score, precision_score
@@ -47,9 +50,19 @@ def _direct_metric_frame(y, p, sensitive, pos):
         "fpr": lambda a, b: false_positive_rate(yt[a], yp[a], pos_label=True),
         "fnr": lambda a, b: false_negative_rate(yt[a], yp[a], pos_label=True),
         "precision": lambda a, b: precision_score(yt[a], yp[a], zero_division=np.nan),
+        "tnr": lambda a, b: true_negative_rate(yt[a], yp[a], pos_label=True),
+        # Aequitas's metrics that fairlearn lacks, counted row by row from their definitions
+        "npv": lambda a, b: _share(~yt[a], ~yp[a]),
+        "fdr": lambda a, b: _share(~yt[a], yp[a]),
+        "for_": lambda a, b: _share(yt[a], ~yp[a]),
     }
     rows = np.arange(len(y))  # metrics receive row indices so they can read any column
     return MetricFrame(metrics=metrics, y_true=rows, y_pred=rows, sensitive_features=sensitive)
+
+
+def _share(event: np.ndarray, among: np.ndarray) -> float:
+    """Share of rows ``among`` where ``event`` holds (NaN when there are none)."""
+    return float(event[among].mean()) if among.any() else float("nan")
 
 
 @pytest.mark.parametrize("classes", [["face", "not_face"], ["cat", "dog", "owl"]])
@@ -81,7 +94,7 @@ def test_values_equal_fairlearn_metricframe_on_the_raw_rows(classes: list[str]) 
             cls = "" if metric in ("count", "accuracy") else pos
             got = ours[(ours.metric == metric) & (ours["class"] == cls)]["value"].iloc[0]
             assert got == pytest.approx(value, abs=1e-12)
-    assert checked >= 8 * 14 * len(judged)
+    assert checked >= 12 * 14 * len(judged)
 
 
 def test_count_formulas_used_by_the_bootstrap_equal_the_estimates() -> None:
@@ -276,3 +289,143 @@ def test_fairlearn_style_call_and_summaries_equal_metricframe(form: str) -> None
 def test_features_of_another_length_are_one_clear_error() -> None:
     with pytest.raises(DataError, match="sensitive_features has 3 rows but there are 4"):
         audit(["a", "b", "a", "b"], ["a", "a", "a", "b"], sensitive_features=["x", "y", "x"])
+
+
+def test_fairness_summaries_equal_fairlearns_functions() -> None:
+    y, p, groups = _random_predictions(3000, ["face", "not_face"], seed=4)
+    result = audit(y, p, sensitive_features=groups["race"], options=AuditOptions(bootstrap=0))
+    for ours, theirs in (
+        (result.demographic_parity_difference(), demographic_parity_difference),
+        (result.equalized_odds_difference(), equalized_odds_difference),
+    ):
+        expected = theirs(y == "face", p == "face", sensitive_features=groups["race"])
+        assert ours == pytest.approx(expected, abs=1e-12)
+    several = audit(*_random_predictions(300, ["a", "b", "c"])[:2], groups["race"][:300])
+    with pytest.raises(ConfigError, match="need a binary target"):
+        several.demographic_parity_difference()
+
+
+def test_a_fact_measured_twice_is_counted_once() -> None:
+    # Every positive is a man, so race-level FNR and race & male FNR are one fact; the headline
+    # and the gate count it once.
+    rng = np.random.default_rng(5)
+    n = 4000
+    race = rng.choice(["White", "Black"], n, p=[0.6, 0.4])
+    gender = rng.choice(["male", "female"], n)
+    y = np.where((gender == "male") & (rng.random(n) < 0.5), "pos", "neg")
+    missed = (y == "pos") & (rng.random(n) < np.where(race == "Black", 0.5, 0.1))
+    p = np.where(missed, "neg", y)
+    frame = pd.DataFrame({"race": race, "gender": gender})
+    result = audit(y, p, frame, AuditOptions(groups=["race", "gender"], pos_label="pos"))
+    table = result.disparities
+    fnr = table[(table.metric == "fnr") & (table.group.str.startswith("Black"))]
+    race_row = fnr[fnr.attribute == "race"].iloc[0]
+    men_row = fnr[fnr.group == "Black & male"].iloc[0]
+    assert race_row.flag == men_row.flag == "fail"
+    assert race_row.duplicate_of == "" and men_row.duplicate_of == "race = Black"
+    assert race_row.direction == "worse"  # Black faces are missed more often
+    assert "Black & male" not in set(result.failing().group[result.failing().metric == "fnr"])
+    assert result.summary()["duplicates"] >= 1
+    assert result.summary()["failing"] == len(
+        table[(table.flag == "fail") & (table.duplicate_of == "")]
+    )
+
+
+def test_direction_says_which_side_of_the_reference_a_group_is() -> None:
+    y, p, groups = _random_predictions(3000, ["face", "not_face"], seed=6)
+    result = audit(
+        y, p, groups["race"], AuditOptions(pos_label="face", reference={"race": "White"})
+    )
+    rows = result.disparities.set_index(["group", "metric"])
+    assert rows.loc[("Black", "accuracy"), "direction"] == "worse"  # 35% wrong vs 10%
+    assert rows.loc[("Black", "fnr"), "direction"] == "worse"  # lower is better for FNR
+    assert rows.loc[("Black", "selection_rate"), "direction"] in ("higher", "lower")
+    summary = result.summary()
+    assert (
+        sum(summary["failing_significant_by_direction"].values()) == summary["failing_significant"]
+    )
+
+
+def test_holm_correction_is_never_more_significant_and_adjusts_p_values() -> None:
+    y, p, groups = _random_predictions(1500, ["face", "not_face"], seed=7)
+    plain = audit(y, p, groups, AuditOptions(groups=["race", "gender"], bootstrap=400))
+    holm = audit(
+        y, p, groups, AuditOptions(groups=["race", "gender"], bootstrap=400, correction="holm")
+    )
+    tested = (plain.disparities.flag.isin(["pass", "fail"])) & (
+        plain.disparities.duplicate_of == ""
+    )
+    raw, adjusted = plain.disparities.p_value[tested], holm.disparities.p_value[tested]
+    assert (adjusted >= raw - 1e-12).all() and (adjusted > raw).any()
+    assert holm.disparities.significant.sum() <= plain.disparities.significant.sum()
+    assert holm.disparities.significant[tested].sum() >= 1  # Black's accuracy gap is large
+    with pytest.raises(ConfigError, match="correction"):
+        audit(y, p, groups, AuditOptions(correction="bonferroni"))
+
+
+def test_paired_changes_equal_the_difference_and_are_tighter_than_unpaired() -> None:
+    from debias.fairness.paired import paired_changes
+
+    rng = np.random.default_rng(8)
+    n = 4000
+    race = rng.choice(["A", "B"], n, p=[0.8, 0.2])
+    y = rng.choice(["x", "y"], n)
+    wrong_before = rng.random(n) < np.where(race == "B", 0.3, 0.1)
+    fixed = wrong_before & (race == "B") & (rng.random(n) < 0.5)  # the second model fixes half
+    flip = {"x": "y", "y": "x"}
+    before = np.where(wrong_before, [flip[v] for v in y], y)
+    after = np.where(wrong_before & ~fixed, [flip[v] for v in y], y)
+    table = paired_changes(y, before, after, {"race": race}, AuditOptions(bootstrap=500))
+    rows = table.set_index(["attribute", "group"])
+    for group in ("A", "B"):
+        member = race == group
+        expected = (after[member] == y[member]).mean() - (before[member] == y[member]).mean()
+        assert rows.loc[("race", group), "change"] == pytest.approx(expected, abs=1e-12)
+    b = rows.loc[("race", "B")]
+    assert b.significant and b.ci_low > 0
+    assert rows.loc[("race", "A"), "change"] == 0 and not rows.loc[("race", "A")].significant
+    # Paired: the interval is much narrower than two independent accuracies' intervals combined.
+    nb = (race == "B").sum()
+    unpaired = 2 * 1.96 * np.sqrt(b.before * (1 - b.before) / nb + b.after * (1 - b.after) / nb)
+    assert b.ci_high - b.ci_low < 0.6 * unpaired
+    worst = rows.loc["worst group"].iloc[0]
+    assert worst.before == pytest.approx(b.before) and worst.after == min(
+        b.after, rows.loc[("race", "A"), "after"]
+    )
+
+
+def test_in_memory_module_is_audited_without_files_and_reported(tmp_path) -> None:
+    import torch
+
+    from debias import audit_model
+
+    # A "classifier" that reads the red channel: right for group u, inverted for group v.
+    rng = np.random.default_rng(9)
+    n = 200
+    group = np.repeat(["u", "v"], n // 2)
+    truth = rng.choice(["dark", "light"], n)
+    images = np.zeros((n, 3, 8, 8), dtype=np.uint8)
+    images[:, 0] = np.where(truth == "light", 200, 50)[:, None, None]
+    images[group == "v", 0] = 255 - images[group == "v", 0]
+
+    class Red(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            red = x[:, 0].mean(dim=(1, 2))
+            return torch.stack([0.5 - red, red - 0.5], dim=1) * 10
+
+    result = audit_model(
+        Red(),
+        images,
+        truth,
+        {"group": group},
+        classes=["dark", "light"],
+        options=AuditOptions(bootstrap=100, pos_label="light"),
+    )
+    wide = result.wide("group")
+    assert wide.loc["u", "accuracy"] == 1.0 and wide.loc["v", "accuracy"] == 0.0
+    html = result.to_report(tmp_path / "mine", name="red-reader")
+    facts = json.loads((html.parent / "report.json").read_text())
+    assert facts["name"] == "red-reader" and facts["subject"]["kind"] == "predictions"
+    assert facts["headline"]["overall_accuracy"] == pytest.approx(0.5)
+    with pytest.raises(Exception, match="--overwrite"):
+        result.to_report(tmp_path / "mine")

@@ -208,7 +208,7 @@ def _pickle_file(path: Path) -> Path:
         ([], "Pass either --model"),
         (["--model", "M"], "--model needs images"),
         (["--model", "PICKLE", "--data", "D"], "is a Python pickle"),
-        (["--model", "TEXT", "--data", "D"], "not a TorchScript or ONNX model"),
+        (["--model", "TEXT", "--data", "D"], "TorchScript or ONNX model"),
         (["--predictions", "NOCOL"], "column 'y_pred' not found"),
         (["--predictions", "P", "--groups", "age"], "--groups 'age' is not a column"),
         (["--predictions", "P", "--groups", "race,empty"], "'empty' is empty in every row"),
@@ -340,3 +340,42 @@ def test_audit_json_summary_and_ci_gate(tmp_path: Path) -> None:
     passed = runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--fail-on", "any"])
     assert passed.exit_code == 0, passed.output
     _one_line_error(runner.invoke(app, [*base, "--fail-on", "maybe"]), "--fail-on 'maybe'")
+
+
+def test_existing_audit_is_kept_unless_overwrite_and_piped_output_is_whole(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(1)
+    group = np.repeat(["a_very_long_group_name_that_a_terminal_would_cut", "b"], 300)
+    y = rng.integers(0, 2, 600)
+    wrong = rng.random(600) < np.where(group == "b", 0.4, 0.05)
+    csv = tmp_path / "p.csv"
+    frame = pd.DataFrame({"y_true": y, "y_pred": np.where(wrong, 1 - y, y), "g": group})
+    frame.to_csv(csv, index=False)
+    out = tmp_path / "a"
+    base = ["audit", "--predictions", str(csv), "--bootstrap", "200", "--out", str(out)]
+    first = runner.invoke(app, [*base, "--correction", "holm"])
+    assert first.exit_code == 0, first.output
+    assert "significant after Holm's correction" in first.output
+    # Not a terminal: no line is wrapped at 80 columns, no cell is cut with an ellipsis.
+    assert "…" not in first.output
+    assert any(len(line) > 80 and "a_very_long_group_name" in line
+               for line in first.output.splitlines())  # fmt: skip
+    assert "Wrote " in first.output and "predictions.csv" in first.output
+    before = (out / "audit.json").read_bytes()
+    again = runner.invoke(app, base)
+    _one_line_error(again, "already holds a debias audit. Pass --overwrite")
+    assert (out / "audit.json").read_bytes() == before
+    replaced = runner.invoke(app, ["--quiet", *base, "--overwrite"])
+    assert replaced.exit_code == 0 and replaced.stdout == "", replaced.output
+    # The report of that audit is about the CSV: named after it, refused for another model.
+    report = runner.invoke(app, ["report", "--audit", str(out), "--out", str(tmp_path / "r")])
+    assert report.exit_code == 0, report.output
+    facts = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert facts["subject"]["kind"] == "predictions" and facts["name"] == "p"
+    other = tmp_path / "other.csv"
+    other.write_text("y_true,y_pred,g\n1,1,a\n")
+    refused = runner.invoke(
+        app, ["report", "--model", str(other), "--audit", str(out), "--out", str(tmp_path / "s")]
+    )
+    _one_line_error(refused, "is an audit of")

@@ -82,6 +82,8 @@ NOT_FIELDS = {
     ("train", "allow_changed_data"): "a decision about one resume, not part of the run",
     ("audit", "fail_on"): "how the command exits, not how the audit is computed",
     ("audit", "json_summary"): "how the command prints, not how the audit is computed",
+    ("outliers", "labels"): "the old name of --paths, kept for older scripts",
+    ("report", "run"): "the positional form of --model, kept for older scripts",
 }
 
 

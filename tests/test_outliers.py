@@ -253,7 +253,7 @@ def test_calibrating_on_faces_like_the_screened_ones(
     report = write_outliers(
         OutlierConfig(
             model=str(run),
-            labels=str(tmp_path / "pop" / "screen.csv"),
+            paths=str(tmp_path / "pop" / "screen.csv"),
             calibration=str(tmp_path / "pop" / "calibration.csv"),
             device="cpu",
             out=str(out),
@@ -274,7 +274,7 @@ def test_calibrating_on_faces_like_the_screened_ones(
     assert "calibration.csv" in json.loads(out.with_suffix(".json").read_text())["calibrated_on"]
 
     faces.iloc[:10].to_csv(tmp_path / "pop" / "few.csv", index=False)
-    few = OutlierConfig(model=str(run), labels=str(tmp_path / "pop" / "screen.csv"), device="cpu")
+    few = OutlierConfig(model=str(run), paths=str(tmp_path / "pop" / "screen.csv"), device="cpu")
     with pytest.raises(DataError, match=r"10 calibration images .* Give at least 19"):
         fit_detector(run, dataclasses.replace(few, calibration=str(tmp_path / "pop" / "few.csv")))
     broken = tmp_path / "broken"

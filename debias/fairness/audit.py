@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,17 @@ from debias.classes import positive_class
 from debias.config import check_option
 from debias.data.manifest import check_groups, suitable_groups
 from debias.fairness.bootstrap import bootstrap_counts, cell_counts, interval
-from debias.fairness.disparities import DISPARITY_COLUMNS, disparities, reference_group
+from debias.fairness.disparities import (
+    DISPARITY_COLUMNS,
+    disparities,
+    holm,
+    mark_duplicates,
+    reference_group,
+)
 from debias.fairness.metrics import MetricKey, metric_frame, metric_keys, metrics_from_counts
 
 INTERSECTION = " & "  # joins attribute names and their values for the intersection
+CORRECTIONS = ("none", "holm")
 
 
 @dataclass
@@ -57,6 +65,10 @@ class AuditOptions:
         Number of latent clusters for label-free slice discovery.
     seed : int
         Seed of the bootstrap and the clustering.
+    correction : str
+        Multiple-comparison correction of the disparities' significance: ``none`` (a difference
+        is significant when its interval excludes 0) or ``holm`` (when its Holm-adjusted
+        bootstrap p-value is below ``1 - ci``, over every judged, distinct disparity).
     """
 
     groups: list[str] = field(default_factory=list)
@@ -68,6 +80,7 @@ class AuditOptions:
     pos_label: str | None = None
     slices: int = 8  # enough to isolate a 5-10% subgroup, few enough to read
     seed: int = 0
+    correction: str = "none"
 
     def validate(self) -> None:
         """Raise ConfigError on an out-of-range option."""
@@ -85,6 +98,13 @@ class AuditOptions:
         for option, ok, fix in checks:
             value = getattr(self, option.replace("-", "_"))
             check_option(ok, option, value, "out of range", fix.capitalize())
+        check_option(
+            self.correction in CORRECTIONS,
+            "correction",
+            self.correction,
+            "unknown choice",
+            f"Use {' or '.join(CORRECTIONS)}.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the options as plain JSON values."""
@@ -103,14 +123,19 @@ class AuditResult:
         attribute ``"overall"``.
     disparities : pandas.DataFrame
         One row per (attribute, group, metric, class) against the attribute's reference group:
-        ``difference`` and ``ratio`` with intervals, ``flag`` (pass, fail, too small, undefined)
-        and ``significant`` (the difference's interval excludes 0).
+        ``difference`` and ``ratio`` with intervals, ``flag`` (pass, fail, too small, undefined),
+        ``p_value`` and ``significant`` (the difference's interval excludes 0, or its corrected
+        p-value is small), ``direction`` (the group is ``worse`` or ``better`` off than the
+        reference; ``higher``/``lower`` for selection rates) and ``duplicate_of`` (an earlier
+        row stating the same fact, not counted again).
     classes : list of str
     pos_label : str or None
         Positive class of a binary target; None for multi-class (rates are one-vs-rest).
     options : AuditOptions
     n : int
         Number of predictions audited.
+    predictions : pandas.DataFrame
+        What was audited: ``y_true``, ``y_pred`` and the sensitive features, one row each.
     """
 
     by_group: pd.DataFrame
@@ -119,6 +144,7 @@ class AuditResult:
     pos_label: str | None
     options: AuditOptions
     n: int = 0
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def overall(self) -> pd.Series:
@@ -167,14 +193,47 @@ class AuditResult:
         """Smallest over largest group value per metric (MetricFrame's between_groups)."""
         return self.group_min(attribute) / self.group_max(attribute)
 
-    def failing(self, significant: bool = False) -> pd.DataFrame:
-        """Return the disparity rows that fail the four-fifths rule.
+    def demographic_parity_difference(self, attribute: str | None = None) -> float:
+        """Return the largest minus smallest selection rate over the groups (as fairlearn)."""
+        return float(self.difference(attribute)[self._binary("selection_rate")])
 
-        With ``significant``, only those whose difference interval excludes 0 (what a CI gate
-        usually wants).
+    def equalized_odds_difference(self, attribute: str | None = None) -> float:
+        """Return the larger of the TPR and FPR differences over the groups (as fairlearn)."""
+        difference = self.difference(attribute)
+        return float(max(difference[self._binary("tpr")], difference[self._binary("fpr")]))
+
+    def failing(self, significant: bool = False) -> pd.DataFrame:
+        """Return the distinct disparity rows that fail the four-fifths rule.
+
+        With ``significant``, only those whose difference is significant (what a CI gate usually
+        wants). Rows that repeat an earlier row's fact (``duplicate_of``) are left out.
         """
-        rows = self.disparities[self.disparities.flag == "fail"]
+        rows = self.disparities[
+            (self.disparities.flag == "fail") & (self.disparities.duplicate_of == "")
+        ]
         return rows[rows.significant.astype(bool)] if significant else rows
+
+    def _binary(self, metric: str) -> str:
+        check_option(
+            self.pos_label is not None,
+            "pos-label",
+            None,
+            f"{metric} summaries need a binary target, this one has {len(self.classes)} classes",
+            "Use wide() for the one-vs-rest rates of each class.",
+        )
+        return metric
+
+    def to_report(
+        self, folder: str | Path, *, name: str | None = None, overwrite: bool = False
+    ) -> Path:
+        """Write the predictions, their audit and a report about them; return the HTML's path.
+
+        ``folder`` gets ``predictions.csv``, ``audit/`` (as ``debias audit --predictions``
+        writes it, with the same options) and ``report/`` (``report.html``, ``.json``, ``.md``).
+        """
+        from debias.jobs.report import report_predictions  # jobs write files; this stays pure
+
+        return report_predictions(self, folder, name=name, overwrite=overwrite)
 
     def to_json(self) -> str:
         """Return the result as strict JSON: by_group, disparities, summary, classes, options."""
@@ -218,14 +277,23 @@ class AuditResult:
             & (self.by_group.attribute != "overall")
         ]
         worst = groups.sort_values("value").head(1).to_dict("records")
-        judged = self.disparities[self.disparities.flag.isin(["pass", "fail"])]
+        distinct = self.disparities[self.disparities.duplicate_of == ""]
+        judged = distinct[distinct.flag.isin(["pass", "fail"])]
         largest = judged.reindex(judged.difference.abs().sort_values(ascending=False).index)
-        failing = self.disparities[self.disparities.flag == "fail"]
+        significant = self.failing(significant=True)
         return {
             "worst_group": worst[0] if worst else None,
             "largest_disparity": largest.head(1).to_dict("records")[0] if len(largest) else None,
-            "failing": len(failing),
+            "failing": len(self.failing()),
+            "failing_significant": len(significant),
+            # which way the significant failures point: the group worse or better off
+            "failing_significant_by_direction": {
+                d: int((significant.direction == d).sum())
+                for d in ("worse", "better", "higher", "lower")
+            },
+            "duplicates": int((self.disparities.duplicate_of != "").sum()),
             "judged": len(judged),
+            "correction": self.options.correction,
         }
 
 
@@ -295,17 +363,10 @@ def audit(
     keys = metric_keys(classes, judged)
     rng = np.random.default_rng(options.seed)
 
-    # Finest cells: every combination of the attributes' values. Each attribute's groups and the
-    # overall row are sums of cells, so one set of bootstrap replicates serves them all.
-    frame = groups[options.groups].reset_index(drop=True).astype(str)
-    if options.groups:
-        codes = [pd.factorize(frame[g])[0] for g in options.groups]
-        cells, _ = pd.factorize(pd.MultiIndex.from_arrays(codes))
-    else:
-        cells = np.zeros(len(yt), dtype=np.int64)
-    n_cells = int(cells.max()) + 1 if len(cells) else 1
-    first_row = pd.Series(np.arange(len(cells))).groupby(cells).first().to_numpy()
-    cell_groups = frame.iloc[first_row].reset_index(drop=True)  # (G, attributes)
+    # Each attribute's groups and the overall row are sums of the finest cells, so one set of
+    # bootstrap replicates serves them all.
+    cells, cell_groups = finest_cells(groups, options.groups)
+    n_cells = len(cell_groups) or 1
     counts = cell_counts(cells, yt, yp, n_cells, len(classes))  # (G, C, C)
     boot = bootstrap_counts(counts, options.bootstrap, rng)  # (B, G, C, C)
 
@@ -326,7 +387,7 @@ def audit(
     )
     disparity_rows: list[tuple] = []
     for attribute in attributes_of(options.groups):
-        cell_value = _attribute_values(cell_groups, attribute)  # (G,)
+        cell_value = attribute_values(cell_groups, attribute)  # (G,)
         names = sorted(set(cell_value) - {""})
         if not names:
             continue
@@ -366,13 +427,24 @@ def audit(
             min_group_size=options.min_group_size,
             bootstrapped=options.bootstrap > 0,
         )
+    table = pd.DataFrame(disparity_rows, columns=DISPARITY_COLUMNS)
+    table["duplicate_of"] = mark_duplicates(table) if len(table) else []
+    if options.correction == "holm" and len(table):
+        tested = table.flag.isin(["pass", "fail"]) & (table.duplicate_of == "")
+        adjusted = holm(table["p_value"].where(tested).to_numpy())
+        table["p_value"] = np.where(tested, adjusted, table["p_value"])
+        table["significant"] = tested & (adjusted < 1 - options.ci)
+    audited = pd.DataFrame({"y_true": np.asarray(classes, dtype=object)[yt],
+                            "y_pred": np.asarray(classes, dtype=object)[yp]})  # fmt: skip
+    audited[options.groups] = groups[options.groups].reset_index(drop=True)
     return AuditResult(
         pd.DataFrame(rows, columns=BY_GROUP_COLUMNS),
-        pd.DataFrame(disparity_rows, columns=DISPARITY_COLUMNS),
+        table,
         classes,
         pos,
         options,
         n=len(yt),
+        predictions=audited,
     )
 
 
@@ -402,7 +474,27 @@ def sensitive_frame(features: object, n: int) -> pd.DataFrame:
     return frame.where(frame.notna(), "").astype(str).apply(lambda c: c.str.strip())
 
 
-def _attribute_values(cells: pd.DataFrame, attribute: str) -> np.ndarray:
+def finest_cells(groups: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each row's cell (its combination of the attributes' values) and each cell's values.
+
+    Returns
+    -------
+    cells : numpy.ndarray
+        ``(N,)`` cell codes ``0..G-1`` (all 0 when there are no attributes).
+    cell_groups : pandas.DataFrame
+        ``(G, attributes)``: the values of each cell, in code order.
+    """
+    frame = groups[list(names)].reset_index(drop=True).astype(str)
+    if names:
+        codes = [pd.factorize(frame[g])[0] for g in names]
+        cells, _ = pd.factorize(pd.MultiIndex.from_arrays(codes))
+    else:
+        cells = np.zeros(len(frame), dtype=np.int64)
+    first_row = pd.Series(np.arange(len(cells))).groupby(cells).first().to_numpy()
+    return cells.astype(np.int64), frame.iloc[first_row].reset_index(drop=True)
+
+
+def attribute_values(cells: pd.DataFrame, attribute: str) -> np.ndarray:
     """Each cell's value of an attribute (intersections join values); '' where one is missing."""
     parts = attribute.split(INTERSECTION)
     joined = cells[parts[0]]

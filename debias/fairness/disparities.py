@@ -1,19 +1,29 @@
 """Each group against its attribute's reference group: differences, ratios, flags.
 
 A group passes a metric under the four-fifths rule (Aequitas' parity rule) iff
-``tau <= ratio <= 1 / tau``; a difference is *significant* when its bootstrap interval excludes 0.
+``tau <= ratio <= 1 / tau``; a difference is *significant* when its bootstrap interval excludes 0
+(or, with a multiple-comparison correction, when its corrected p-value is below ``1 - ci``).
+A failure is only half a fact without its direction: ``direction`` says whether the group is worse
+or better off than the reference on that metric.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
+import pandas as pd
+from scipy.special import erfc
 
 from debias import errors
 from debias.fairness.bootstrap import interval
-from debias.fairness.metrics import JUDGED, MetricKey, metrics_from_counts
+from debias.fairness.metrics import BETTER, JUDGED, MetricKey, metrics_from_counts
+
+# Where a group holds one true class only (grouping by the target itself, say), these metrics
+# follow from the labels, not the classifier: not judged.
+LABEL_BOUND = ("selection_rate", "precision", "npv", "fdr", "for_")
 
 
 @dataclass
@@ -34,8 +44,11 @@ class Disparity:
     ratio: float
     ratio_ci_low: float
     ratio_ci_high: float
+    p_value: float  # two-sided bootstrap p-value of the difference (corrected if asked)
     significant: bool
+    direction: str  # worse, better (than the reference), higher, lower (no better side), ""
     flag: str  # pass, fail, too small, undefined
+    duplicate_of: str  # "attribute = group" of an earlier row stating the same fact, or ""
 
 
 # The table's columns; ``cls`` is written as ``class`` (a Python keyword as a field name).
@@ -95,8 +108,7 @@ def disparities(
         ratio = values / values[r]
     d_low, d_high = interval(diff_rep, ci)
     r_low, r_high = interval(np.where(np.isfinite(ratio_rep), ratio_rep, np.nan), ci)
-    # Where a group holds one true class only (grouping by the target itself, say), its selection
-    # rate and precision for that class follow from the labels, not the classifier: not judged.
+    p_values = bootstrap_p_value(diff, diff_rep)
     base_rate = {k.class_name: m for m, k in enumerate(keys) if k.metric == "base_rate"}
     out = []
     for v, name in enumerate(names):
@@ -105,7 +117,7 @@ def disparities(
         for m, key in enumerate(keys):
             if key.metric not in JUDGED:
                 continue
-            label_bound = key.metric in ("selection_rate", "precision") and any(
+            label_bound = key.metric in LABEL_BOUND and any(
                 values[g, base_rate[key.class_name]] in (0.0, 1.0) for g in (v, r)
             )
             if min(sizes[v], sizes[r]) < min_group_size:
@@ -132,8 +144,73 @@ def disparities(
                 ratio=float(ratio[v, m]) if np.isfinite(ratio[v, m]) else float("nan"),
                 ratio_ci_low=float(r_low[v, m]),
                 ratio_ci_high=float(r_high[v, m]),
+                p_value=float(p_values[v, m]) if bootstrapped else float("nan"),
                 significant=significant,
+                direction=_direction(key.metric, diff[v, m]),
                 flag=flag,
+                duplicate_of="",
             )
             out.append(astuple(row))
     return out
+
+
+def _direction(metric: str, difference: float) -> str:
+    """Whether a group is worse or better off than its reference on a metric (by the sign)."""
+    if not np.isfinite(difference) or difference == 0:
+        return ""
+    better = BETTER[metric]
+    if better == 0:
+        return "higher" if difference > 0 else "lower"
+    return "better" if difference * better > 0 else "worse"
+
+
+def bootstrap_p_value(difference: np.ndarray, replicates: np.ndarray) -> np.ndarray:
+    """Two-sided p-value of "the difference is 0": a Wald test with the bootstrap's spread.
+
+    ``2 * (1 - Phi(|d| / sd))`` with ``sd`` the standard deviation of the replicates ``(B, ...)``.
+    Tail counts of the replicates cannot go below ``2 / (B + 1)``, which a correction for a
+    hundred comparisons would turn into "never significant"; the normal approximation can.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicates: an undefined p
+        spread = np.nanstd(replicates, axis=0, ddof=1)
+        z = np.abs(difference) / spread
+        p = erfc(z / np.sqrt(2))
+    return np.where(np.isfinite(difference) & (spread > 0), p, np.nan)
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and is not counted as a test).
+
+    Holm controls the family-wise error rate under any dependence between the tests, which suits
+    disparities that share a reference group and overlapping groups.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))  # adjusted values never decrease
+        out[i] = running
+    return out
+
+
+def mark_duplicates(table: pd.DataFrame) -> pd.Series:
+    """For each disparity row, the earlier row that states the same fact, or "".
+
+    When every positive of a group is also in a finer group (all positives are men, say), the
+    race-level FNR and the race & male FNR are one fact measured twice: same metric, same values,
+    same bootstrap interval. Counting it twice would inflate the headline.
+    """
+    key = table[["metric", "class"]].astype(str).copy()
+    for column in ("value", "reference_value", "difference_ci_low", "difference_ci_high"):
+        key[column] = table[column].round(12).astype(str)
+    first = ~key.duplicated(keep="first")
+    origin = (table["attribute"] + " = " + table["group"]).where(first)
+    ids = key.apply(tuple, axis=1)
+    first_of = dict(zip(ids[first], origin[first], strict=True))
+    return pd.Series(
+        ["" if f else first_of[i] for i, f in zip(ids, first, strict=True)], index=table.index
+    )

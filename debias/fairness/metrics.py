@@ -18,13 +18,19 @@ from fairlearn.metrics import (
     false_negative_rate,
     false_positive_rate,
     selection_rate,
+    true_negative_rate,
     true_positive_rate,
 )
 from sklearn.metrics import accuracy_score, precision_score
 
-# Metrics judged per group. ``count`` and ``base_rate`` describe the data, not the classifier,
-# so they get no four-fifths flag.
-RATE_METRICS = ("selection_rate", "tpr", "fpr", "fnr", "precision")
+# Metrics judged per group: ours and the rest of Aequitas's (selection_rate is its "predicted
+# prevalence"; tnr, npv, fdr and for_ are its TNR, NPV, FDR and FOR). ``count`` and
+# ``base_rate`` describe the data, not the classifier, so they get no four-fifths flag.
+RATE_METRICS = ("selection_rate", "tpr", "fpr", "fnr", "precision", "tnr", "npv", "fdr", "for_")
+# Which way is better for a group: higher (+1), lower (-1), or neither (0: a selection rate is a
+# decision's frequency, good or bad only by what the decision is).
+BETTER = {"accuracy": 1, "tpr": 1, "tnr": 1, "precision": 1, "npv": 1}
+BETTER |= {"fpr": -1, "fnr": -1, "fdr": -1, "for_": -1, "selection_rate": 0}
 PER_CLASS = ("base_rate", *RATE_METRICS)  # one-vs-rest, one of each per judged class
 METRICS = ("count", "accuracy", *PER_CLASS)
 JUDGED = ("accuracy", *RATE_METRICS)
@@ -62,6 +68,7 @@ def _rates(confusion: np.ndarray, c: int) -> dict[str, np.ndarray]:
         positives = confusion[..., c, :].sum(axis=-1)
         predicted = confusion[..., :, c].sum(axis=-1)
         fp, fn = predicted - tp, positives - tp
+        tn = n - positives - fp
         return {
             "base_rate": positives / n,
             "selection_rate": predicted / n,
@@ -69,6 +76,10 @@ def _rates(confusion: np.ndarray, c: int) -> dict[str, np.ndarray]:
             "fpr": fp / (n - positives),
             "fnr": fn / positives,
             "precision": tp / predicted,
+            "tnr": tn / (n - positives),
+            "npv": tn / (n - predicted),
+            "fdr": fp / predicted,
+            "for_": fn / (n - predicted),
         }
 
 
@@ -100,13 +111,26 @@ def _fairlearn_metric(key: MetricKey) -> Callable[..., float]:
         return lambda yt, yp, sample_weight: selection_rate(
             yt == c, yt == c, pos_label=True, sample_weight=sample_weight
         )
-    if key.metric == "precision":
-        return lambda yt, yp, sample_weight: precision_score(
-            yt == c, yp == c, sample_weight=sample_weight, zero_division=np.nan
-        )
+    if key.metric in ("precision", "npv", "fdr", "for_"):
+        # fairlearn has none of these four: each is a precision (of "is c" or of "is not c")
+        # or its complement, so scikit-learn's precision computes them.
+        positive = key.metric in ("precision", "fdr")
+        complement = key.metric in ("fdr", "for_")
+
+        def precision_like(yt, yp, sample_weight):
+            p = precision_score(
+                (yt == c) == positive,
+                (yp == c) == positive,
+                sample_weight=sample_weight,
+                zero_division=np.nan,
+            )
+            return 1 - p if complement else p
+
+        return precision_like
     fn = {
         "selection_rate": selection_rate,
         "tpr": true_positive_rate,
+        "tnr": true_negative_rate,
         "fpr": false_positive_rate,
         "fnr": false_negative_rate,
     }[key.metric]

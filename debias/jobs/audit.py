@@ -48,6 +48,8 @@ DEFAULT_IMAGE_SIZE = 64
 
 
 AUDIT_FILE = "audit.json"  # written last into the set; what marks a folder as an audit
+AUDIT_WHAT = "a debias audit"
+PREDICTIONS = "predictions.csv"  # the audited predictions: a report pairs two audits by them
 
 
 @dataclass
@@ -79,6 +81,8 @@ class AuditConfig:
         Where models run: auto, cpu, cuda, mps.
     out : str or None
         Output folder (default ``reports/audit-<date-time>``).
+    overwrite : bool
+        Replace an existing audit at ``out`` (otherwise refused before any work).
     options : AuditOptions
         How the statistics are computed (groups, intervals, the four-fifths rule, slices).
     """
@@ -97,6 +101,7 @@ class AuditConfig:
     threshold: float = 0.5
     device: str = "auto"
     out: str | None = None
+    overwrite: bool = False
     options: AuditOptions = field(default_factory=AuditOptions)
 
     def validate(self) -> None:
@@ -199,6 +204,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
     _check_inputs(config)
     config.validate()
     out = Path(config.out or Path("reports") / datetime.now().strftime("audit-%Y%m%d-%H%M%S"))
+    files.check_destination(out, AUDIT_FILE, AUDIT_WHAT, config.overwrite)  # before the work
     notes: list[str] = []
     device = select_device(config.device)
     images: np.ndarray | None = None
@@ -215,6 +221,12 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         candidates = [c for c in table.columns if is_attribute(c)]
         groups = _groups(table, config.options.groups, candidates, source)
         classes = sorted(set(table["y_true"]) | set(table["y_pred"]) | set(config.classes or []))
+        model_facts = {
+            "path": str(config.predictions),
+            "kind": "predictions",
+            "sha256": files.sha256(Path(config.predictions)),
+            "classes": classes,
+        }
     else:
         source = config.model
         classifier = load_classifier(
@@ -258,6 +270,13 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
         classes = config.classes or classifier.classes or data.classes
         model_facts = _model_facts(config, classifier, size, classes)
+        if model_facts["normalisation_assumed"]:
+            notes.append(
+                f"{source} was fed pixels/255 with mean {model_facts['mean']} and std "
+                f"{model_facts['std']} (assumed: no --mean/--std given). A model trained with "
+                "another normalisation (ImageNet's: --mean 0.485,0.456,0.406 --std "
+                "0.229,0.224,0.225) scores worse here than in use"
+            )
         table = predictions_table(probabilities, classes, data.frame, data.classes, str(source))
         groups = _groups(table, data.group_columns, data.group_columns, source)
         images = data.images
@@ -271,6 +290,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         raise errors.DataError(
             errors.NO_GROUPS.format(path=source, columns=", ".join(columns) or "none")
         )
+    notes += degenerate_warnings(table["y_true"], table["y_pred"], source)
     options = dataclasses.replace(config.options, groups=groups)
     config = dataclasses.replace(config, options=options, out=str(out))
     result = audit(table["y_true"], table["y_pred"], table[groups], options, classes=classes)
@@ -285,7 +305,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
             "No label-free slices: pass --embed-with RUN (a DB-VAE run folder) to find them."
         )
 
-    with files.output_set(out, marker=AUDIT_FILE, what="a debias audit") as staging:
+    with files.output_set(out, AUDIT_FILE, AUDIT_WHAT, config.overwrite) as staging:
         if config.predictions is None:
             files.write_csv(staging / "skipped.csv", skipped)
         slices = _with_examples(staging, slices, table, images)
@@ -311,6 +331,38 @@ def _model_facts(
         "normalisation_assumed": external and (config.mean is None or config.std is None),
         "classes": list(classes),
     }
+
+
+DEGENERATE_SHARE = 0.95  # one class predicted for at least this share of the images
+NEAR_CHANCE = 0.02  # accuracy within this of always predicting the most common class
+
+
+def degenerate_warnings(y_true: pd.Series, y_pred: pd.Series, source: str | None) -> list[str]:
+    """Warn when predictions look like a broken feed, not a model: one class, or chance accuracy.
+
+    Both usually mean the model was fed wrongly (normalisation, image size, class order), and
+    every per-group number would then describe the feed, not the model.
+    """
+    truth, pred = y_true.astype(str), y_pred.astype(str)
+    if not len(truth):
+        return []
+    out = []
+    predicted = pred.value_counts(normalize=True)
+    common = truth.value_counts(normalize=True)
+    if predicted.iloc[0] >= DEGENERATE_SHARE and common.iloc[0] < DEGENERATE_SHARE:
+        out.append(
+            f"Warning: {source} predicted {predicted.index[0]!r} for {predicted.iloc[0]:.0%} "
+            f"of the images (the data has {common.get(predicted.index[0], 0):.0%}): check "
+            "--mean/--std, --image-size and --classes"
+        )
+    accuracy = float((truth == pred).mean())
+    if accuracy <= common.iloc[0] + NEAR_CHANCE:
+        out.append(
+            f"Warning: accuracy {accuracy:.3f} is no better than always predicting "
+            f"{common.index[0]!r} ({common.iloc[0]:.3f}): check --mean/--std, --image-size "
+            "and --classes"
+        )
+    return out
 
 
 def _check_inputs(config: AuditConfig) -> None:
@@ -433,7 +485,13 @@ def _with_examples(
         grid = None
         if images is not None and row["kind"] == "cluster":
             grid = f"slices/cluster-rank{row['rank']:02d}.png"
-            _write_grid(out / grid, images[row["examples"]])
+            rows = row["examples"]
+            _write_grid(
+                out / grid,
+                images[rows],
+                table["y_true"].iloc[rows].astype(str).tolist(),
+                table["y_pred"].iloc[rows].astype(str).tolist(),
+            )
         grids.append(grid)
     slices["example_grid"] = grids
     if "path" in table.columns:
@@ -457,7 +515,7 @@ def _write(
     if len(flat):
         flat["examples"] = [" | ".join(map(str, e)) for e in flat["examples"]]
     files.write_csv(out / "slices.csv", flat)
-    files.write_csv(out / "predictions.csv", table)
+    files.write_csv(out / PREDICTIONS, table)
     files.write_json(
         out / AUDIT_FILE,
         {
@@ -478,11 +536,29 @@ def _write(
     )
 
 
-def _write_grid(path: Path, images: np.ndarray) -> None:
-    """Write a row of example images as one PNG, atomically."""
-    from PIL import Image
+TILE = 96  # pixels per example in a slice strip: room for two caption lines under each face
+CAPTION = 24
 
-    row = np.concatenate(list(images), axis=2) if len(images) else np.zeros((3, 8, 8), np.uint8)
+
+def _write_grid(path: Path, images: np.ndarray, y_true: list[str], y_pred: list[str]) -> None:
+    """Write a slice's examples as one labelled PNG strip, atomically.
+
+    Each face is captioned with its true and predicted class; a failure gets a red frame and
+    "x" so the strip reads without the table beside it.
+    """
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (max(len(images), 1) * TILE, TILE + CAPTION), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (image, true, pred) in enumerate(zip(images, y_true, y_pred, strict=True)):
+        face = Image.fromarray(image.transpose(1, 2, 0)).resize((TILE, TILE), Image.NEAREST)
+        strip.paste(face, (i * TILE, 0))
+        wrong = true != pred
+        if wrong:
+            draw.rectangle([i * TILE, 0, (i + 1) * TILE - 1, TILE - 1], outline="red", width=3)
+        colour = "red" if wrong else "black"
+        draw.text((i * TILE + 2, TILE + 1), f"true {true}"[:16], fill="black")
+        draw.text((i * TILE + 2, TILE + 12), f"{'x' if wrong else 'ok'} {pred}"[:16], fill=colour)
     buffer = io.BytesIO()
-    Image.fromarray(row.transpose(1, 2, 0)).save(buffer, format="PNG")
+    strip.save(buffer, format="PNG")
     files.atomic_write(path, lambda fh: fh.write(buffer.getvalue()))

@@ -125,6 +125,7 @@ def write_demo(
                 data=str(data / "test"),
                 device=device,
                 out=str(out / ("audit" if name == "dbvae" else "baseline-audit")),
+                overwrite=True,
             ),
             listener=listener,
         )
@@ -138,17 +139,19 @@ def write_demo(
             eval_labels=str(eval_csv),
             device=device,
             out=str(out / "outliers" / "outliers.csv"),
+            overwrite=True,
         ),
         listener=listener,
     )
     say("6/6 Writing the report")
     config = ReportConfig(
-        run=str(runs["dbvae"]),
+        model=str(runs["dbvae"]),
         baseline=str(runs["baseline"]),
         audit=str(audits["dbvae"].out),
         baseline_audit=str(audits["baseline"].out),
         outliers=str(outliers.csv),
         name="demo",
         out=str(out / "report"),
+        overwrite=True,  # the demo's own folder: a second demo replaces its report
     )
     return write_report(config, listener=listener)

@@ -62,7 +62,7 @@ class OutlierConfig:
         A debias run folder.
     data : str or None
         Folder of images to score (any depth; no labels needed) ...
-    labels : str or None
+    paths : str or None
         ... or a CSV whose ``path`` column lists them (relative to the CSV).
     calibration : str or None
         Folder (any depth) or CSV (``path`` column) of inlier faces drawn like the ones to be
@@ -84,11 +84,13 @@ class OutlierConfig:
     device : str
     out : str or None
         The CSV to write (default ``reports/outliers-<date-time>.csv``); the JSON goes beside it.
+    overwrite : bool
+        Replace an existing scan at ``out`` (otherwise refused before any work).
     """
 
     model: str
     data: str | None = None
-    labels: str | None = None
+    paths: str | None = None
     calibration: str | None = None
     eval_labels: str | None = None
     contamination: float = 0.05  # flag 1 in 20 inliers: a review queue, not an alarm
@@ -98,11 +100,12 @@ class OutlierConfig:
     chunk_size: int = 2048
     device: str = "auto"
     out: str | None = None
+    overwrite: bool = False
     components: list[str] = field(default_factory=list)  # filled in: what was combined
 
     def validate(self) -> None:
         """Raise ConfigError on an out-of-range option or missing input."""
-        if self.data is None and self.labels is None:
+        if self.data is None and self.paths is None:
             raise errors.ConfigError(errors.NO_DATA)
         checks = (
             ("contamination", 0 < self.contamination < 1, "use a rate such as 0.05"),
@@ -235,8 +238,8 @@ def _calibration_images(
 
 
 def _inputs(config: OutlierConfig) -> list[str]:
-    if config.labels is not None:
-        return _listed(Path(config.labels))
+    if config.paths is not None:
+        return _listed(Path(config.paths))
     return _folder(Path(config.data), "--data")  # type: ignore[arg-type]
 
 
@@ -272,6 +275,10 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
     listener = listener or SilentListener()
     config.validate()
     runfolder.read_config(config.model)  # a run folder, before any work
+    csv = Path(
+        config.out or Path("reports") / datetime.now().strftime("outliers-%Y%m%d-%H%M%S.csv")
+    )
+    _check_out(csv, config.overwrite)  # before the work; again under the lock
     paths = _inputs(config)
     detector = fit_detector(config.model, config, listener)
     config = dataclasses.replace(config, components=list(detector.components_))
@@ -307,17 +314,24 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         positive = runfolder.read_config(config.model)["data"].get("positive_class")
         inliers = [*INLIER_VALUES, *([positive] if positive else [])]
         evaluation = evaluate(table, config.eval_labels, detector, inliers)
-    csv = Path(
-        config.out or Path("reports") / datetime.now().strftime("outliers-%Y%m%d-%H%M%S.csv")
-    )
     summary = _summary(config, detector, table, evaluation)
     csv.parent.mkdir(parents=True, exist_ok=True)
     # The pair lands CSV first, then the JSON that names the CSV's hash: a kill between the two
     # renames leaves a pair the report refuses rather than mixes.
     with files.lock(csv.parent / f".{csv.name}.lock", csv):
+        _check_out(csv, config.overwrite)
         summary["csv_sha256"] = files.write_csv(csv, table)
         files.write_json(csv.with_suffix(".json"), summary)
     return OutlierReport(csv, table, detector, evaluation, _calibrated_on(config, detector))
+
+
+def _check_out(csv: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing scan (its CSV or JSON) unless asked to."""
+    for path in (csv, csv.with_suffix(".json")):
+        if path.is_dir():
+            raise errors.RunError(errors.NOT_A_FILE.format(path=path))
+        if path.exists() and not overwrite:
+            raise errors.RunError(errors.OUT_EXISTS.format(path=path, what="a debias outlier scan"))
 
 
 def _calibrated_on(config: OutlierConfig, detector: LatentOutlierDetector) -> str:

@@ -1,12 +1,15 @@
 """The ``debias report`` job: a self-contained HTML report, its facts as JSON, a Markdown summary.
 
-``write_report(ReportConfig)`` gathers the typed facts of a run folder (and optionally a
-baseline run, an audit folder and an outlier scan; :mod:`debias.facts`) and writes
-``report.html`` (inline CSS, images as data URIs, no scripts, no network requests),
-``report.json`` and ``report.md`` into ``reports/<name>/``. To compare with a baseline on the
-same images it needs the baseline's audit: pass ``baseline_audit``, or the job audits the
-baseline with the audit's own inputs and options into ``<out>/baseline-audit`` and says so
-through the listener. Everything from user data is escaped by jinja2's autoescaping.
+``write_report(ReportConfig)`` reports on any audited classifier: a debias run (with its
+training), a model file or a predictions CSV (from what its audit recorded). It gathers the typed
+facts (:mod:`debias.facts`) and writes ``report.html`` (inline CSS, images as data URIs, no
+scripts, no network requests), ``report.json`` and ``report.md`` into ``reports/<name>/``. An
+audit is never attributed to a model it did not come from: the SHA-256 it recorded must match.
+To compare with a baseline on the same images it needs the baseline's audit: pass
+``baseline_audit``, or, for a baseline run, the job audits it with the audit's own inputs and
+options into ``<out>/baseline-audit`` and says so through the listener. The change from baseline
+to debiased carries paired bootstrap intervals over the audited images. Everything from user data
+is escaped by jinja2's autoescaping.
 """
 
 from __future__ import annotations
@@ -28,16 +31,21 @@ from debias.facts import (
     ReportFacts,
     accuracy_rows,
     audited_attributes,
+    baseline_changes,
     gather_facts,
     read_audit,
+    recorded_subject,
+    report_subject,
 )
-from debias.fairness.audit import INTERSECTION
+from debias.fairness.audit import INTERSECTION, AuditResult
+from debias.fairness.paired import WORST
 from debias.formatting import number
-from debias.jobs.audit import AuditConfig, versions, write_audit
+from debias.jobs.audit import PREDICTIONS, AuditConfig, versions, write_audit
 from debias.progress import Listener, SilentListener
 
 N_GRID = 10  # faces per row in the highest / lowest sampling-weight grids
 N_OUTLIERS = 12
+THUMBNAIL = 64  # side of outlier thumbnails when no run says its image size
 
 
 @dataclass
@@ -46,30 +54,34 @@ class ReportConfig:
 
     Attributes
     ----------
-    run : str
-        The (debiased) run folder.
+    model : str or None
+        What the report is about: a debias run folder or a model file; default: what ``audit``
+        audited. A model file needs its audit; a run without one gets its training only.
     baseline : str or None
         A plain-classifier run to compare with.
     audit : str or None
-        An audit folder of ``run`` (``debias audit --out``).
+        An audit folder of ``model`` (``debias audit --out``).
     baseline_audit : str or None
-        An audit folder of ``baseline`` on the same images with the same options (default: the
-        report audits the baseline itself, into ``<out>/baseline-audit``, and says so).
+        An audit folder of the baseline on the same images with the same options (default, for
+        a baseline run: the report audits it itself, into ``<out>/baseline-audit``, and says so).
     outliers : str or None
         An ``outliers.csv`` written by ``debias outliers`` (its JSON beside it).
     name : str or None
-        Report name (default: the run folder's name).
+        Report name (default: the name of the run folder, model file or predictions CSV).
     out : str or None
         Output folder (default ``reports/<name>``).
+    overwrite : bool
+        Replace an existing report at ``out`` (otherwise refused before any work).
     """
 
-    run: str
+    model: str | None = None
     baseline: str | None = None
     audit: str | None = None
     baseline_audit: str | None = None
     outliers: str | None = None
     name: str | None = None
     out: str | None = None
+    overwrite: bool = False
 
 
 def _data_uri(png: bytes) -> str:
@@ -91,18 +103,26 @@ def write_report(config: ReportConfig, *, listener: Listener | None = None) -> P
         When a run or audit folder is missing or incomplete.
     """
     listener = listener or SilentListener()
-    run_config = runfolder.read_config(config.run)
-    if config.baseline:
-        runfolder.read_config(config.baseline)
-    name = config.name or Path(config.run).resolve().name
-    out = Path(config.out or Path("reports") / name)
     audit = read_audit(config.audit) if config.audit else None
+    subject, run = report_subject(config.model, audit, config.audit)
+    run_config = runfolder.read_config(run) if run else None
+    baseline_subject = None
+    if config.baseline:
+        if not Path(config.baseline).is_dir() and not config.baseline_audit:
+            raise errors.ConfigError(errors.BASELINE_NEEDS_AUDIT.format(path=config.baseline))
+        baseline_audit_json = read_audit(config.baseline_audit) if config.baseline_audit else None
+        baseline_subject, _ = report_subject(
+            config.baseline, baseline_audit_json, config.baseline_audit
+        )
+    name = config.name or Path(subject.path).resolve().name.removesuffix(".csv")
+    out = Path(config.out or Path("reports") / name)
+    files.check_destination(out, REPORT_FILE, REPORT_WHAT, config.overwrite)  # before the work
     outliers, outlier_table = _read_outliers(config.outliers)
 
-    with files.output_set(out, marker=REPORT_FILE, what="a debias report") as staging:
+    with files.output_set(out, REPORT_FILE, REPORT_WHAT, config.overwrite) as staging:
         baseline_audit_dir = config.baseline_audit
         reads_from = baseline_audit_dir
-        if config.baseline and audit is not None and baseline_audit_dir is None:
+        if baseline_subject is not None and audit is not None and baseline_audit_dir is None:
             baseline_audit_dir = str(out / "baseline-audit")
             reads_from = str(staging / "baseline-audit")  # lands with the report, or not at all
             listener.note(
@@ -112,30 +132,70 @@ def write_report(config: ReportConfig, *, listener: Listener | None = None) -> P
             )
             inputs = AuditConfig.from_dict(audit["config"])
             write_audit(
-                dataclasses.replace(inputs, model=config.baseline, embed_with=None, out=reads_from),
+                dataclasses.replace(
+                    inputs, model=config.baseline, embed_with=None, out=reads_from, overwrite=False
+                ),
                 listener=listener,
             )
+        compared = reads_from if audit is not None else None
+        baseline = config.baseline
+        if compared and not baseline:  # the baseline is what its audit audited
+            baseline = recorded_subject(read_audit(compared)).path
         facts = gather_facts(
-            config.run,
+            subject,
             name=name,
             versions=versions(),
-            baseline=config.baseline,
+            run=run,
+            baseline=baseline,
             audit=audit,
-            baseline_audit=reads_from if config.baseline and audit is not None else None,
+            baseline_audit=compared,
             outliers=outliers,
         )
         baseline_audit = read_audit(reads_from) if facts.baseline_audit else None
         if facts.baseline_audit:
+            facts.changes = baseline_changes(config.audit, reads_from, audit)
             facts.baseline_audit = baseline_audit_dir  # where it is once the set has landed
-        figs = _figures(config, run_config, facts, audit)
+        figs = _figures(config, run, run_config, facts, audit)
         slices = _slice_images(config.audit, facts.slices)
-        outlier_rows = _outlier_rows(outlier_table, run_config)
+        size = run_config["train"]["model"]["image_size"] if run_config else THUMBNAIL
+        outlier_rows = _outlier_rows(outlier_table, size)
         html = _render(facts, figs, audit, baseline_audit, slices, outlier_rows)
         files.write_json(staging / "report.json", facts.to_dict())
         markdown = _markdown(facts)
         files.atomic_write(staging / "report.md", lambda fh: fh.write(markdown.encode()))
         files.atomic_write(staging / REPORT_FILE, lambda fh: fh.write(html.encode()))
     return out / REPORT_FILE
+
+
+def report_predictions(
+    result: AuditResult, folder: str | Path, *, name: str | None = None, overwrite: bool = False
+) -> Path:
+    """Write an in-memory audit's predictions, their audit and a report; return the HTML's path.
+
+    The audit is made again from the written CSV with the same options (and seed), so its
+    numbers are the result's and the report can name the file it is about.
+    """
+    folder = Path(folder)
+    csv = folder / PREDICTIONS
+    files.check_destination(folder, PREDICTIONS, "a debias audit result", overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    files.write_csv(csv, result.predictions)
+    write_audit(
+        AuditConfig(
+            predictions=str(csv),
+            classes=list(result.classes),
+            options=result.options,
+            out=str(folder / "audit"),
+            overwrite=True,
+        )
+    )
+    report = ReportConfig(
+        audit=str(folder / "audit"),
+        name=name or folder.resolve().name,
+        out=str(folder / "report"),
+        overwrite=True,
+    )
+    return write_report(report)
 
 
 def _read_outliers(csv_path: str | None) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
@@ -169,16 +229,18 @@ def _read_outliers(csv_path: str | None) -> tuple[dict[str, Any] | None, pd.Data
 
 
 REPORT_FILE = "report.html"  # written last into the set; what marks a folder as a report
+REPORT_WHAT = "a debias report"
 RERUN_OUTLIERS = "Run debias outliers again to write it."
 
 
 def _figures(
     config: ReportConfig,
-    run_config: dict[str, Any],
+    run: Path | None,
+    run_config: dict[str, Any] | None,
     facts: ReportFacts,
     audit: dict[str, Any] | None,
 ) -> dict[str, str]:
-    """Every figure of the report, as data URIs keyed by where it goes."""
+    """Every figure of the report as data URIs, keyed by where it goes (training needs a run)."""
     figs: dict[str, str] = {}
     if audit is not None and facts.headline is not None:
         acc = accuracy_rows(audit)
@@ -190,12 +252,14 @@ def _figures(
                     reference=facts.headline.overall_accuracy,
                 )
             )
-    metrics = {"debiased": runfolder.read_metrics(config.run)}
-    if config.baseline:
+    if run is None or run_config is None:
+        return figs
+    metrics = {"debiased": runfolder.read_metrics(run)}
+    if config.baseline and Path(config.baseline).is_dir():
         metrics["baseline"] = runfolder.read_metrics(config.baseline)
     figs["curves"] = _data_uri(figures.training_curves(metrics))
     figs["ess"] = _data_uri(figures.ess_curve(metrics["debiased"]))
-    samples = runfolder.read_samples(config.run)
+    samples = runfolder.read_samples(run)
     weighted = samples[samples["sampling_weight"].notna()]
     weights = weighted["sampling_weight"].to_numpy(dtype=float)
     figs["weights"] = _data_uri(figures.weight_histogram(weights / weights.sum()))
@@ -219,11 +283,10 @@ def _slice_images(audit_dir: str | None, slices: list[dict[str, Any]]) -> list[d
     return out
 
 
-def _outlier_rows(table: pd.DataFrame | None, run_config: dict[str, Any]) -> list[dict[str, Any]]:
+def _outlier_rows(table: pd.DataFrame | None, size: int) -> list[dict[str, Any]]:
     """Return the highest-ranked readable outliers, each with a thumbnail."""
     if table is None:
         return []
-    size = run_config["train"]["model"]["image_size"]
     top = table[table["reason"] == ""].head(N_OUTLIERS)
     images, failures = decode_images(top["path"].tolist(), size)
     rows = []
@@ -254,9 +317,14 @@ def _render(
         if last and INTERSECTION in last[-1]:
             acc = accuracy_rows(audit)
             intersection = _heat_table(acc[acc.attribute == last[-1]], last[-1])
+        distinct = [d for d in audit["disparities"] if not d.get("duplicate_of")]
         disparities = sorted(
-            audit["disparities"],
-            key=lambda d: ({"fail": 0, "pass": 1}.get(d["flag"], 2), -abs(d["difference"] or 0)),
+            distinct,
+            key=lambda d: (
+                {"fail": 0, "pass": 1}.get(d["flag"], 2),
+                not d.get("significant"),
+                -abs(d["difference"] or 0),
+            ),
         )
     template = env.get_template("report.html.j2")
     return template.render(
@@ -297,11 +365,15 @@ def _heat_table(rows: pd.DataFrame, attribute: str) -> dict[str, Any]:
 
 
 def _markdown(facts: ReportFacts) -> str:
+    subject = facts.subject
     lines = [f"# Fairness report: {facts.name}", "", f"Created {facts.created}.", ""]
+    digest = f", SHA-256 {subject.sha256}" if subject.sha256 else ""
+    lines += [f"About `{subject.path}` ({subject.kind}{digest}).", ""]
     head = facts.headline
     if head is not None and facts.audit is not None:
         summary = facts.audit["summary"]
         worst = summary["worst_group"]
+        significant = summary.get("failing_significant")
         lines += [
             f"- Overall accuracy: {number(head.overall_accuracy)}",
             f"- Worst group: {worst['attribute']} = {worst['group']}, accuracy "
@@ -309,14 +381,33 @@ def _markdown(facts: ReportFacts) -> str:
             f"{number(worst['ci_high'])}, n={worst['n']})"
             if worst
             else "- Worst group: none judged",
-            f"- Fairness checks failing: {summary['failing']} of {summary['judged']}",
+            f"- Fairness checks failing: {summary['failing']} of {summary['judged']}"
+            + (f", {significant} significantly" if significant is not None else ""),
         ]
-        base = facts.baseline_headline
-        if base is not None:
-            lines += ["", "| | baseline | debiased |", "|---|---|---|"]
-            for key, value in dataclasses.asdict(head).items():
+        lines += [f"- {note}" for note in facts.audit["notes"] if note.startswith("Warning")]
+        if facts.changes:
+            lines += [
+                "",
+                f"Baseline -> this model on the same images (paired bootstrap intervals; "
+                f"{facts.seeds} training run of each model, so training randomness is not in "
+                "them):",
+                "",
+                "| group | baseline | this model | change (CI) |",
+                "|---|---|---|---|",
+            ]
+            for r in facts.changes:
+                name = (
+                    r["attribute"]
+                    if r["attribute"] == "overall"
+                    else (
+                        f"{r['attribute']}: {r['group']}"
+                        if r["attribute"] == WORST
+                        else f"{r['attribute']} = {r['group']}"
+                    )
+                )
                 lines.append(
-                    f"| {key.replace('_', ' ')} | {number(getattr(base, key))} | {number(value)} |"
+                    f"| {name} | {number(r['before'])} | {number(r['after'])} | "
+                    f"{r['change']:+.3f} ({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) |"
                 )
     else:
         lines.append("No audit was given: pass --audit to include per-group results.")
