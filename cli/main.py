@@ -58,12 +58,17 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version.", metavar=""
+        ),
     ] = False,
     quiet: Annotated[
         bool,
         typer.Option(
-            "--quiet", "-q", help="Print nothing but errors (and --json); the exit code tells."
+            "--quiet",
+            "-q",
+            help="Print nothing but errors (and --json); the exit code tells.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -161,7 +166,10 @@ GroupsOpt = Annotated[
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
-        "--overwrite", help="Replace an existing output set at --out.", rich_help_panel="Output"
+        "--overwrite",
+        help="Replace an existing output set at --out.",
+        rich_help_panel="Output",
+        metavar="",
     ),
 ]
 DeviceOpt = Annotated[
@@ -195,12 +203,20 @@ def train(
     allow_changed_data: Annotated[
         bool,
         typer.Option(
+            "--allow-changed-data",
             help="With --resume: go on although the data's files changed since the run started.",
             rich_help_panel="Output",
+            metavar="",
         ),
     ] = False,
     baseline: Annotated[
-        bool, typer.Option(help="Train the plain classifier instead.", rich_help_panel="Method")
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Train the plain classifier instead.",
+            rich_help_panel="Method",
+            metavar="",
+        ),
     ] = False,
     balance_groups: Annotated[
         str | None,
@@ -211,7 +227,12 @@ def train(
     ] = None,
     strict: Annotated[
         bool,
-        typer.Option(help="Fail on unreadable files instead of skipping.", rich_help_panel="Data"),
+        typer.Option(
+            "--strict",
+            help="Fail on unreadable files instead of skipping.",
+            rich_help_panel="Data",
+            metavar="",
+        ),
     ] = False,
     epochs: Annotated[
         int | None,
@@ -387,6 +408,7 @@ def train(
             "--augment/--no-augment",
             help="Flip, colour jitter and +-4 px shifts while training.",
             rich_help_panel="Training",
+            metavar="",
         ),
     ] = None,
     precision: Annotated[
@@ -670,6 +692,7 @@ def audit(
             "--json",
             help="Print a machine-readable summary on stdout, not tables.",
             rich_help_panel="Output",
+            metavar="",
         ),
     ] = False,
 ) -> None:

@@ -58,15 +58,20 @@ def show_audit(console: Console, report: AuditReport) -> None:
         failing["distance"] = (failing["ratio"].clip(lower=1e-9).map(math.log)).abs()
         failing = failing.sort_values(["significant", "distance"], ascending=False)
         ways = summary["failing_significant_by_direction"]
-        said = ", ".join(f"{n} {way}" for way, n in ways.items() if n)
+        words = {"worse": "leave the group worse off", "better": "leave it better off",
+                 "higher": "select it more often", "lower": "select it less often"}  # fmt: skip
+        said = ", ".join(f"{n} {words[way]}" for way, n in ways.items() if n)
         correction = " after Holm's correction" if config.correction == "holm" else ""
-        table = Table(
-            title=f"Failing the four-fifths rule (ratio outside [{config.tau}, "
-            f"{1 / config.tau:.2f}]): {len(failing)} of {summary['judged']} judged; "
+        console.print(
+            f"Failing the four-fifths rule (ratio outside [{config.tau}, {1 / config.tau:.2f}]): "
+            f"{len(failing)} of {summary['judged']} judged; "
             f"{summary['failing_significant']} significant{correction}"
-            + (f" (group {said} off than its reference)" if said else ""),
-            title_justify="left",
+            + (f"; of those, {said} (than its reference)" if said else ""),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
+        table = Table()
         columns = ("attribute", "group", "vs", "metric", "value", "ref", "ratio [CI]", "sig.")
         for column in (*columns, "group is"):
             table.add_column(column, justify="right" if column in ("value", "ref") else "left")

@@ -207,7 +207,10 @@ def mark_duplicates(table: pd.DataFrame) -> pd.Series:
     key = table[["metric", "class"]].astype(str).copy()
     for column in ("value", "reference_value", "difference_ci_low", "difference_ci_high"):
         key[column] = table[column].round(12).astype(str)
-    first = ~key.duplicated(keep="first")
+    # A zero-width interval (two groups both always right, say) matches by coincidence, not
+    # because the rows are one fact: only rows with a real interval can repeat each other.
+    width = table["difference_ci_high"] - table["difference_ci_low"]
+    first = ~key.duplicated(keep="first") | ~(width > 0)
     origin = (table["attribute"] + " = " + table["group"]).where(first)
     ids = key.apply(tuple, axis=1)
     first_of = dict(zip(ids[first], origin[first], strict=True))
