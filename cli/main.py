@@ -806,6 +806,22 @@ def outliers(
             rich_help_panel="Calibration",
         ),
     ] = None,
+    calibration_groups: Annotated[
+        str | None,
+        typer.Option(
+            help="A column of the --calibration and --paths CSVs (e.g. race): calibrate each "
+            "group on its own faces, so each group's false-flag rate is at the target.",
+            rich_help_panel="Calibration",
+        ),
+    ] = None,
+    calibration_clusters: Annotated[
+        int,
+        typer.Option(
+            help="Without group labels: calibrate per k-means cluster of the latent means "
+            "(0: off).",
+            rich_help_panel="Calibration",
+        ),
+    ] = OutlierConfig.calibration_clusters,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -846,6 +862,8 @@ def outliers(
             paths=str(paths or labels) if paths or labels else None,
             calibration=str(calibration) if calibration else None,
             eval_labels=str(eval_labels) if eval_labels else None,
+            calibration_groups=calibration_groups,
+            calibration_clusters=calibration_clusters,
             contamination=contamination,
             rare_fraction=rare_fraction,
             combine=combine,  # type: ignore[arg-type]

@@ -129,7 +129,8 @@ def show_audit(console: Console, report: AuditReport) -> None:
     if len(deciles):
         _show_deciles(console, deciles, config.ci)
     for note in report.notes:
-        console.print(f"Note: {note}", highlight=False, markup=False)
+        line = note if note.startswith("Warning:") else f"Note: {note}"
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     written = sorted(str(p.relative_to(report.out)) for p in report.out.rglob("*") if p.is_file())
     console.print(
         f"Wrote {report.out}/: {', '.join(written)}", highlight=False, markup=False, soft_wrap=True
@@ -239,4 +240,25 @@ def show_outliers(console: Console, report: OutlierReport) -> None:
                 _num(m["missed_at_95_kept"]),
             )
         console.print(result)
+    for attribute, rows in report.by_group.items():
+        among = "inliers" if report.evaluation is not None else "screened images"
+        table = Table(
+            title=f"Flag rate by {attribute} (among {among}; target "
+            f"{detector.contamination:.0%}; 95% exact intervals)",
+            title_justify="left",
+        )
+        for column in ("group", "n", "flagged", "rate", "95% CI"):
+            table.add_column(column)
+        for row in rows:
+            _add_row(
+                table,
+                row["group"],
+                str(row["n"]),
+                str(row["flagged"]),
+                _num(row["rate"]),
+                _interval(row["ci_low"], row["ci_high"]),
+            )
+        console.print(table)
+    for note in report.notes:
+        console.print(f"Note: {note}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"Wrote {report.csv} and {report.csv.with_suffix('.json')}")

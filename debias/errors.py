@@ -236,6 +236,16 @@ TOO_FEW_CALIBRATION = (
     "{path}: {n} calibration images cannot flag as few as {rate:g} of inliers. Give at least "
     "{needed} (a few hundred or more for a steady rate)."
 )
+GROUPS_NEED_CSV = (
+    "--calibration-groups {column}: {what} must be a CSV with a '{column}' column (a face is "
+    "judged by its own group's threshold, read from that column, never guessed). Pass "
+    "{option} as a CSV with path and {column}, or drop --calibration-groups."
+)
+SMALL_CALIBRATION_GROUPS = (
+    "{groups}: too few calibration faces to calibrate a {rate:g} false-flag rate on their own "
+    "(each needs at least {needed}; a few hundred give a steady rate). Their faces are judged by "
+    "the threshold of all calibration faces"
+)
 NO_IMAGE_FILES = "{path}: no image files found. Point {option} at a folder of images (any depth)."
 
 # Files and the environment

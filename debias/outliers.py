@@ -27,12 +27,14 @@ the validation faces).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 
 from debias.encode import encoded_batches, eval_mode
@@ -51,6 +53,7 @@ TWO_SIDED = {
 }
 COMBINED = tuple(TWO_SIDED)
 RARITY = "density"
+CLUSTER = "latent_cluster"  # the k-means cluster a face is calibrated in, with calibration_clusters
 JPEG_BLOCK = 8
 
 
@@ -226,6 +229,39 @@ def calibrate(
     return scores, float(ordered[k]) if 0 <= k < len(ordered) else float("inf")
 
 
+@dataclass
+class Calibration:
+    """What judges a new input: calibration faces' scores and the threshold they give.
+
+    Attributes
+    ----------
+    scores : dict of str to numpy.ndarray
+        Each component's (and rarity's) scores on the calibration faces.
+    decision_scores : numpy.ndarray
+        Their combined scores (leave-one-out).
+    threshold : float
+        New combined scores above it are outliers (``inf``: too few faces to flag so few).
+    """
+
+    scores: dict[str, np.ndarray]
+    decision_scores: np.ndarray
+    threshold: float
+
+    @property
+    def n(self) -> int:
+        """Number of calibration faces."""
+        return len(self.decision_scores)
+
+
+def faces_needed(contamination: float) -> int:
+    """Calibration faces a threshold needs to flag ``contamination`` of inliers at all.
+
+    A conformal p-value is at least ``1 / (n + 1)``, so it can reach the target only when
+    ``n + 1 >= 1 / contamination``.
+    """
+    return int(np.ceil(1.0 / contamination - 1e-9)) - 1
+
+
 class LatentOutlierDetector:
     """Outlier detector on a DB-VAE's latent space, following pyod's contract.
 
@@ -246,6 +282,10 @@ class LatentOutlierDetector:
         None fits one on ``X`` with ``bins`` and ``alpha``.
     bins, alpha : int, float
         Histogram of the rarity score when ``density`` is None (as in the resampler).
+    calibration_clusters : int
+        When positive and ``fit`` is given no calibration groups: calibrate per cluster of the
+        latent means (k-means with this many clusters, fitted on the training faces), a
+        label-free version of group-conditional calibration.
     calibration_fraction : float
         Share of ``X`` held out to calibrate on when ``fit`` is given no calibration images.
     random_state : int
@@ -272,6 +312,13 @@ class LatentOutlierDetector:
         0/1 outlier labels of the calibration faces.
     n_calibration_ : int
         Number of calibration faces.
+    group_calibration_ : dict of str to Calibration
+        With calibration groups (``fit(..., calibration_groups=...)``): each group's own
+        calibration (Mondrian conformal): a face of that group is judged against the group's
+        faces only, so each group's false-flag rate is at the target. Groups with too few faces
+        are left out (:attr:`small_groups_`) and their faces are judged by the pooled threshold.
+    small_groups_ : dict of str to int
+        Calibration groups too small to calibrate at ``contamination``, with their size.
 
     Notes
     -----
@@ -290,6 +337,7 @@ class LatentOutlierDetector:
         density: LatentHistogram | None = None,
         bins: int = 10,
         alpha: float = 1e-3,
+        calibration_clusters: int = 0,
         calibration_fraction: float = 0.2,
         random_state: int = 0,
         device: torch.device | None = None,
@@ -302,6 +350,7 @@ class LatentOutlierDetector:
         self.density = density
         self.bins = bins
         self.alpha = alpha
+        self.calibration_clusters = calibration_clusters
         self.calibration_fraction = calibration_fraction
         self.random_state = random_state
         self.device = device
@@ -312,6 +361,7 @@ class LatentOutlierDetector:
         y: None = None,
         *,
         calibration: np.ndarray | None = None,
+        calibration_groups: Sequence[str] | None = None,
         on_advance: Callable[[int], None] | None = None,
     ) -> LatentOutlierDetector:
         """Fit the latent statistics on training faces ``X``; calibrate on held-out inliers.
@@ -325,6 +375,10 @@ class LatentOutlierDetector:
         calibration : numpy.ndarray, optional
             uint8 inlier faces to calibrate the false-flag rate on, drawn like the inputs to be
             screened. Default: ``calibration_fraction`` of ``X``, held out from fitting.
+        calibration_groups : sequence of str, optional
+            The group of each calibration face ('' for unknown): each group is then calibrated
+            on its own faces (Mondrian conformal prediction), and :meth:`predict` and
+            :meth:`score_table` judge a face by its group's threshold when given its group.
         on_advance : callable, optional
             Progress hook, called with the number of images of each batch.
 
@@ -345,16 +399,39 @@ class LatentOutlierDetector:
             torch.from_numpy(mu_train)
         )
         self.components_ = [c for c in COMBINED if c != "not_face" or self.positive is not None]
+        self.clusters_ = None
+        if self.calibration_clusters > 0 and calibration_groups is None:
+            self.clusters_ = KMeans(
+                self.calibration_clusters, n_init=4, random_state=self.random_state
+            ).fit(mu_train)
         self.calibration_ = self.score_components(calibration, on_advance=on_advance)
+        if self.clusters_ is not None:
+            calibration_groups = self.calibration_[CLUSTER]
         self.n_calibration_ = len(calibration)
-        self.decision_scores_, self.threshold_ = calibrate(
-            [self.calibration_[c] for c in self.components_],
+        pooled = self._calibrate(self.calibration_)
+        self.decision_scores_, self.threshold_ = pooled.decision_scores, pooled.threshold
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self.group_calibration_: dict[str, Calibration] = {}
+        self.small_groups_: dict[str, int] = {}
+        if calibration_groups is not None:
+            groups = np.asarray(calibration_groups, dtype=object).astype(str)
+            for name in sorted(set(groups) - {""}):
+                members = groups == name
+                if members.sum() < faces_needed(self.contamination):
+                    self.small_groups_[name] = int(members.sum())
+                    continue
+                own = {c: v[members] for c, v in self.calibration_.items()}
+                self.group_calibration_[name] = self._calibrate(own)
+        return self
+
+    def _calibrate(self, scores: dict[str, np.ndarray]) -> Calibration:
+        decision, threshold = calibrate(
+            [scores[c] for c in self.components_],
             self.combine,
             self.contamination,
             [TWO_SIDED[c] for c in self.components_],
         )
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
-        return self
+        return Calibration(scores, decision, threshold)
 
     def score_components(
         self, images: np.ndarray, on_advance: Callable[[int], None] | None = None
@@ -371,6 +448,8 @@ class LatentOutlierDetector:
         scores["mahalanobis"] = np.einsum("nk,kl,nl->n", centred, self.precision_, centred)
         scores.update(pixel_statistics(images))
         scores[RARITY] = self._rarity(mu)
+        if getattr(self, "clusters_", None) is not None:
+            scores[CLUSTER] = np.char.add("cluster ", (self.clusters_.predict(mu) + 1).astype(str))
         return scores
 
     def _rarity(self, mu: np.ndarray) -> np.ndarray:
@@ -386,46 +465,98 @@ class LatentOutlierDetector:
         empty_bin_cost = -h.log_prob_[0].min(dim=1).values.numpy()  # (K',)
         return inside + (outside * empty_bin_cost).sum(axis=1)
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Return the combined outlier score ``(N,)`` of images ``X``; higher = more anomalous."""
-        return self.combine_scores(self.score_components(X))
+    def decision_function(self, X: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
+        """Return the combined outlier score ``(N,)`` of images ``X``; higher = more anomalous.
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+        With ``groups`` (one per image), a face of a calibrated group is scored against its
+        group's calibration faces.
+        """
+        return self.combine_scores(self.score_components(X), groups)
+
+    def predict(self, X: np.ndarray, groups: Sequence[str] | None = None) -> np.ndarray:
         """Return 0/1 outlier labels ``(N,)`` of images ``X`` (1 = outlier), as pyod does."""
-        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+        table = self.table_from_scores(self.score_components(X), groups)
+        return table["is_outlier"].to_numpy().astype(np.int64)
 
-    def combine_scores(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+    def combine_scores(
+        self, scores: dict[str, np.ndarray], groups: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Return the combined score of component scores from :meth:`score_components`."""
+        combined = np.empty(len(scores[RARITY]))
+        groups = scores.get(CLUSTER) if groups is None else groups
+        for _, calibration, rows in self._judges(groups, len(combined)):
+            combined[rows] = self._combined(calibration, {c: v[rows] for c, v in scores.items()})
+        return combined
+
+    def _combined(self, calibration: Calibration, scores: dict[str, np.ndarray]) -> np.ndarray:
         log_p = np.stack(
             [
-                sided_log_p_values(self.calibration_[c], scores[c], TWO_SIDED[c])
+                sided_log_p_values(calibration.scores[c], scores[c], TWO_SIDED[c])
                 for c in self.components_
             ],
             axis=1,
         )
-        return _combine(log_p, self.combine, self.n_calibration_)
+        return _combine(log_p, self.combine, calibration.n)
+
+    def _judges(
+        self, groups: Sequence[str] | None, n: int
+    ) -> list[tuple[str, Calibration, np.ndarray]]:
+        """Return which calibration judges which rows, named ('' = the pooled one).
+
+        Each calibrated group judges its own rows; every other row is judged by the pooled one.
+        """
+        pooled = Calibration(self.calibration_, self.decision_scores_, self.threshold_)
+        if groups is None or not getattr(self, "group_calibration_", None):
+            return [("", pooled, np.arange(n))]
+        names = np.asarray(groups, dtype=object).astype(str)
+        out = []
+        for name, calibration in self.group_calibration_.items():
+            rows = np.flatnonzero(names == name)
+            if len(rows):
+                out.append((name, calibration, rows))
+        rest = np.flatnonzero(~np.isin(names, list(self.group_calibration_)))
+        if len(rest):
+            out.append(("", pooled, rest))
+        return out
 
     def score_table(
-        self, X: np.ndarray, on_advance: Callable[[int], None] | None = None
+        self,
+        X: np.ndarray,
+        groups: Sequence[str] | None = None,
+        on_advance: Callable[[int], None] | None = None,
     ) -> pd.DataFrame:
         """Per image of ``X``: every component, the combined score, its p-value and the flags."""
-        return self.table_from_scores(self.score_components(X, on_advance=on_advance))
+        return self.table_from_scores(self.score_components(X, on_advance=on_advance), groups)
 
     @property
     def table_columns(self) -> list[str]:
         """The columns of :meth:`score_table`, in order."""
-        flags = ["combined", "p_value", "is_outlier", "rare_p_value", "is_rare"]
+        flags = ["combined", "p_value", "is_outlier", "calibrated_on", "rare_p_value", "is_rare"]
         return [*self.components_, RARITY, *flags]
 
-    def table_from_scores(self, scores: dict[str, np.ndarray]) -> pd.DataFrame:
-        """Build the :meth:`score_table` table from :meth:`score_components` output."""
-        combined = self.combine_scores(scores)
-        p = p_values(self.decision_scores_, combined)
+    def table_from_scores(
+        self, scores: dict[str, np.ndarray], groups: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Build the :meth:`score_table` table from :meth:`score_components` output.
+
+        ``calibrated_on`` names the calibration group that judged each row ('' = all faces).
+        """
+        n = len(scores[RARITY])
+        groups = scores.get(CLUSTER) if groups is None else groups
+        combined, p = np.empty(n), np.empty(n)
+        flagged, judge = np.zeros(n, dtype=bool), np.full(n, "", dtype=object)
+        for name, calibration, rows in self._judges(groups, n):
+            part = self._combined(calibration, {c: v[rows] for c, v in scores.items()})
+            combined[rows] = part
+            p[rows] = p_values(calibration.decision_scores, part)
+            flagged[rows] = part > calibration.threshold
+            judge[rows] = name
         rare_p = p_values(self.calibration_[RARITY], scores[RARITY])
         out = pd.DataFrame({c: scores[c] for c in [*self.components_, RARITY]})
         out["combined"] = combined
         out["p_value"] = p
-        out["is_outlier"] = combined > self.threshold_
+        out["is_outlier"] = flagged
+        out["calibrated_on"] = judge
         out["rare_p_value"] = rare_p
         out["is_rare"] = rare_p <= self.rare_fraction
         return out[self.table_columns]

@@ -103,7 +103,7 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
     table = detector.score_table(faces[:10])
     assert list(table.columns) == [
         "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness", "density",
-        "combined", "p_value", "is_outlier", "rare_p_value", "is_rare",
+        "combined", "p_value", "is_outlier", "calibrated_on", "rare_p_value", "is_rare",
     ]  # fmt: skip
     assert (table["is_outlier"] == (table["p_value"] <= 0.05)).all()
     # pyod's predict: 0/1 labels, 1 = outlier, the same flags as the table's
@@ -344,3 +344,96 @@ def test_outliers_cli_prints_a_scan_where_nothing_could_be_read(
     assert "1 unreadable" in said and "a.jpg" in said
     written = pd.read_csv(tmp_path / "o.csv")
     assert list(written.columns[:2]) == ["path", "rank"] and "p_value" in written.columns
+
+
+def _detector_on(calibration: dict[str, np.ndarray], groups: np.ndarray | None):
+    """A detector calibrated on given component scores (the model plays no part in judging)."""
+    from debias.outliers import RARITY
+
+    detector = LatentOutlierDetector(model=None, contamination=0.05)  # type: ignore[arg-type]
+    detector.components_ = ["reconstruction", "mahalanobis"]
+    detector.calibration_ = {**calibration, RARITY: calibration["reconstruction"]}
+    pooled = detector._calibrate(detector.calibration_)
+    detector.decision_scores_, detector.threshold_ = pooled.decision_scores, pooled.threshold
+    detector.n_calibration_ = pooled.n
+    detector.group_calibration_, detector.small_groups_ = {}, {}
+    for name in sorted(set(groups)) if groups is not None else []:
+        rows = groups == name
+        detector.group_calibration_[name] = detector._calibrate(
+            {c: v[rows] for c, v in detector.calibration_.items()}
+        )
+    return detector
+
+
+def test_group_conditional_calibration_keeps_each_groups_rate_at_the_target() -> None:
+    from debias.outliers import RARITY
+
+    # A rare group whose faces look more anomalous to every component (as rare faces do): one
+    # pooled threshold flags it far above the target; its own threshold flags it at the target.
+    rng = np.random.default_rng(0)
+
+    def draw(n_common: int, n_rare: int):
+        shift = np.r_[np.zeros(n_common), np.full(n_rare, 1.2)]
+        scores = {c: np.exp(rng.normal(size=len(shift)) * 0.5 + shift) for c in
+                  ("reconstruction", "mahalanobis")}  # fmt: skip
+        return scores, np.r_[np.full(n_common, "common"), np.full(n_rare, "rare")].astype(object)
+
+    calibration, groups = draw(1500, 500)
+    detector = _detector_on(calibration, groups)
+    new, new_groups = draw(20_000, 20_000)
+    new[RARITY] = new["reconstruction"]
+    pooled = detector.table_from_scores(new)
+    mondrian = detector.table_from_scores(new, new_groups)
+    tolerance = 3 * np.sqrt(0.05 * 0.95 / 500)
+    for name in ("common", "rare"):
+        rows = new_groups == name
+        assert abs(mondrian["is_outlier"][rows].mean() - 0.05) < tolerance, name
+        assert (mondrian["calibrated_on"][rows] == name).all()
+    rare = new_groups == "rare"
+    # The disparity one pooled threshold makes: the rare group flagged about twice as often.
+    assert pooled["is_outlier"][rare].mean() > 1.6 * pooled["is_outlier"][~rare].mean()
+    assert (pooled["calibrated_on"] == "").all()
+    # A face of a group without its own calibration is judged by the pooled threshold.
+    other = detector.table_from_scores({c: v[:10] for c, v in new.items()}, ["martian"] * 10)
+    assert (other["calibrated_on"] == "").all()
+
+
+def test_calibration_groups_through_the_job(synth_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from debias import ConfigError, write_synthetic
+
+    _, run = synth_run
+    labels = pd.read_csv(
+        write_synthetic(tmp_path / "pop", n_faces=400, n_non_faces=0, dark_fraction=0.5, seed=12),
+        keep_default_na=False,
+    )
+    faces = labels[labels.label == "face"].copy()
+    faces["site"] = ["a"] * 190 + ["b"] * 10 + ["a"] * 200  # b: too few to calibrate alone
+    faces.iloc[:200].to_csv(tmp_path / "pop" / "calibration.csv", index=False)
+    faces.iloc[200:].to_csv(tmp_path / "pop" / "screen.csv", index=False)
+    config = OutlierConfig(
+        model=str(run),
+        paths=str(tmp_path / "pop" / "screen.csv"),
+        calibration=str(tmp_path / "pop" / "calibration.csv"),
+        calibration_groups="skin_tone",
+        device="cpu",
+        out=str(tmp_path / "o" / "outliers.csv"),
+    )
+    report = write_outliers(config)
+    assert set(report.detector.group_calibration_) == {"dark", "light"}
+    screened = pd.read_csv(tmp_path / "pop" / "screen.csv", keep_default_na=False)
+    tone = dict(zip((tmp_path / "pop" / screened["path"]).map(lambda p: str(p.resolve())),
+                    screened["skin_tone"], strict=True))  # fmt: skip
+    judged = report.table["calibrated_on"].to_numpy()
+    assert (judged == report.table["path"].map(tone).to_numpy()).all()  # its own group's
+    rates = {r["group"]: r for r in report.by_group["skin_tone"]}
+    assert set(rates) == {"dark", "light"} and rates["dark"]["n"] + rates["light"]["n"] == 200
+    assert rates["dark"]["ci_low"] <= rates["dark"]["rate"] <= rates["dark"]["ci_high"]
+    summary = json.loads((tmp_path / "o" / "outliers.json").read_text())
+    assert summary["by_group"]["skin_tone"] == report.by_group["skin_tone"]
+
+    small = write_outliers(dataclasses.replace(config, calibration_groups="site", overwrite=True))
+    assert small.detector.small_groups_ == {"b": 10}
+    assert any("site=b (10)" in n and "at least 19" in n for n in small.notes)
+    with pytest.raises(ConfigError, match="must be a CSV with a 'skin_tone' column"):
+        write_outliers(dataclasses.replace(config, paths=None, data=str(tmp_path / "pop"),
+                                           overwrite=True))  # fmt: skip

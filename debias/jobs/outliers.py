@@ -27,8 +27,10 @@ from debias import errors, files, runfolder
 from debias.config import check_option
 from debias.data import decode_images
 from debias.data.layouts import image_files, read_csv_table, relative_paths, with_path_column
+from debias.data.manifest import suitable_groups
 from debias.device import select_device
-from debias.outliers import LatentOutlierDetector, PValueCombine
+from debias.outliers import LatentOutlierDetector, PValueCombine, faces_needed
+from debias.predict import is_attribute
 from debias.progress import Listener, SilentListener
 
 # Inlier rows of an evaluation CSV carry one of these (or the run's positive class, e.g. face).
@@ -73,6 +75,12 @@ class OutlierConfig:
     eval_labels : str or None
         CSV with ``path`` and ``type`` (or ``label``): ``inlier`` (or the run's positive class)
         for inliers, any other value names an outlier type. Turns on AUROC/AUPR per type.
+    calibration_groups : str or None
+        A column of the ``calibration`` CSV and of the ``paths`` CSV (e.g. ``race``): each group
+        is calibrated on its own faces (Mondrian conformal), so each group's false-flag rate is
+        at the target; a screened face is judged by its group's threshold.
+    calibration_clusters : int
+        Without group labels: calibrate per k-means cluster of the latent means (0: off).
     contamination : float
         Target false-flag rate on inliers.
     rare_fraction : float
@@ -93,6 +101,8 @@ class OutlierConfig:
     paths: str | None = None
     calibration: str | None = None
     eval_labels: str | None = None
+    calibration_groups: str | None = None
+    calibration_clusters: int = 0
     contamination: float = 0.05  # flag 1 in 20 inliers: a review queue, not an alarm
     rare_fraction: float = 0.05
     # min: each corruption type tends to show in one component; benchmarks/RESULTS.md compares
@@ -112,6 +122,7 @@ class OutlierConfig:
             ("rare-fraction", 0 < self.rare_fraction < 1, "use a rate such as 0.05"),
             ("combine", self.combine in ("fisher", "min"), "use fisher or min"),
             ("chunk-size", self.chunk_size >= 1, "use 1 or more"),
+            ("calibration-clusters", 0 <= self.calibration_clusters <= 100, "use 0 (off) to 100"),
             ("out", self.out is None or self.out.lower().endswith(".csv"), "pass e.g. out.csv"),
         )
         for option, ok, fix in checks:
@@ -128,6 +139,8 @@ class OutlierReport:
     detector: LatentOutlierDetector
     evaluation: dict[str, Any] | None
     calibrated_on: str  # what the false-flag rate was calibrated on, in words
+    by_group: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # flag rates
+    notes: list[str] = field(default_factory=list)
 
 
 def fit_detector(
@@ -147,6 +160,10 @@ def fit_detector(
     """
     listener = listener or SilentListener()
     calibration_paths = _calibration_paths(config) if config.calibration else []
+    calibration_groups = None
+    if config.calibration_groups:
+        calibration_groups = _group_column(config.calibration, config.calibration_groups,
+                                           "--calibration")  # fmt: skip
     model, run_config = runfolder.load_model(run_dir)
     device = select_device(config.device)
     model = model.to(device)
@@ -179,9 +196,15 @@ def fit_detector(
         combine=config.combine,
         positive=positive,
         density=runfolder.load_density(run_dir),
+        calibration_clusters=config.calibration_clusters,
         device=device,
     )
-    return detector.fit(train_images, calibration=val_images, on_advance=listener.advance)
+    return detector.fit(
+        train_images,
+        calibration=val_images,
+        calibration_groups=calibration_groups,
+        on_advance=listener.advance,
+    )
 
 
 def _decode_every(
@@ -226,8 +249,7 @@ def _calibration_images(
             errors.CALIBRATION_UNREADABLE.format(path=source, count=count, first=first)
         ),
     )
-    # p = (1 + #{calibration >= s}) / (n + 1) can only reach the target with n + 1 >= 1 / target
-    needed = int(np.ceil(1.0 / config.contamination)) - 1
+    needed = faces_needed(config.contamination)
     if len(images) < needed:
         raise errors.DataError(
             errors.TOO_FEW_CALIBRATION.format(
@@ -235,6 +257,19 @@ def _calibration_images(
             )
         )
     return images
+
+
+def _group_column(source: str | None, column: str, option: str) -> list[str]:
+    """Each listed image's value of ``column`` in the CSV ``source``, in the listed order."""
+    csv = Path(source or "")
+    table = read_csv_table(csv) if csv.suffix.lower() == ".csv" and csv.is_file() else None
+    if table is None or column not in table.columns:
+        what = f"{source}" if source else "the screened images"
+        raise errors.ConfigError(
+            errors.GROUPS_NEED_CSV.format(column=column, what=what, option=option)
+        )
+    table = with_path_column(table, csv)
+    return table[column].fillna("").astype(str).str.strip().tolist()
 
 
 def _inputs(config: OutlierConfig) -> list[str]:
@@ -280,6 +315,11 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
     )
     _check_out(csv, config.overwrite)  # before the work; again under the lock
     paths = _inputs(config)
+    screened_groups = None
+    if config.calibration_groups:  # before the work: the screened faces need their groups too
+        screened_groups = np.asarray(
+            _group_column(config.paths, config.calibration_groups, "--paths"), dtype=object
+        )
     detector = fit_detector(config.model, config, listener)
     config = dataclasses.replace(config, components=list(detector.components_))
     size = detector.model.cfg.image_size
@@ -291,7 +331,8 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         images, failures = decode_images(chunk, size)
         ok = np.setdiff1d(np.arange(len(chunk)), np.fromiter(failures, dtype=np.int64))
         if len(ok):  # a chunk of unreadable files only has nothing to score
-            part = detector.score_table(images[ok])
+            groups = None if screened_groups is None else screened_groups[start + ok]
+            part = detector.score_table(images[ok], groups)
             part.insert(0, "path", [chunk[i] for i in ok])
             part["reason"] = ""
             parts.append(part)
@@ -311,10 +352,15 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
 
     evaluation = None
     if config.eval_labels is not None:
-        positive = runfolder.read_config(config.model)["data"].get("positive_class")
-        inliers = [*INLIER_VALUES, *([positive] if positive else [])]
-        evaluation = evaluate(table, config.eval_labels, detector, inliers)
+        evaluation = evaluate(table, config.eval_labels, detector, _inlier_values(config.model))
+    inliers = None
+    if config.eval_labels is not None:
+        inliers = _kinds(table, config.eval_labels).isin(_inlier_values(config.model))
+    by_group = flag_rates(table, config.paths, inliers)
     summary = _summary(config, detector, table, evaluation)
+    summary["by_group"] = by_group
+    summary["small_calibration_groups"] = detector.small_groups_
+    summary["notes"] = _notes(config, detector)
     csv.parent.mkdir(parents=True, exist_ok=True)
     # The pair lands CSV first, then the JSON that names the CSV's hash: a kill between the two
     # renames leaves a pair the report refuses rather than mixes.
@@ -322,7 +368,30 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         _check_out(csv, config.overwrite)
         summary["csv_sha256"] = files.write_csv(csv, table)
         files.write_json(csv.with_suffix(".json"), summary)
-    return OutlierReport(csv, table, detector, evaluation, _calibrated_on(config, detector))
+    return OutlierReport(
+        csv, table, detector, evaluation, _calibrated_on(config, detector), by_group,
+        summary["notes"],
+    )  # fmt: skip
+
+
+def _notes(config: OutlierConfig, detector: LatentOutlierDetector) -> list[str]:
+    """Return what the reader of a scan should know about how its faces were judged."""
+    notes = []
+    if detector.small_groups_:
+        groups = ", ".join(f"{config.calibration_groups}={g} ({n})" for g, n in
+                           detector.small_groups_.items())  # fmt: skip
+        notes.append(
+            errors.SMALL_CALIBRATION_GROUPS.format(
+                groups=groups,
+                rate=detector.contamination,
+                needed=faces_needed(detector.contamination),
+            )
+        )
+    if detector.group_calibration_:
+        sizes = ", ".join(f"{g} {c.n}" for g, c in detector.group_calibration_.items())
+        kind = config.calibration_groups or "latent cluster"
+        notes.append(f"Calibrated per {kind}, each on its own faces: {sizes}")
+    return notes
 
 
 def _check_out(csv: Path, overwrite: bool) -> None:
@@ -359,20 +428,7 @@ def evaluate(
 
     The result's ``convention`` says how to read it (:data:`EVALUATION_CONVENTION`).
     """
-    csv = Path(eval_labels)
-    labels = with_path_column(read_csv_table(csv), csv)
-    column = "type" if "type" in labels.columns else "label" if "label" in labels.columns else None
-    if column is None:
-        raise errors.DataError(
-            errors.MISSING_COLUMN.format(
-                path=csv,
-                column="type",
-                columns=", ".join(labels.columns),
-                fix="Give the type (inlier, or the outlier type) of each image in a 'type' column.",
-            )
-        )
-    kinds = dict(zip(relative_paths(csv, labels["path"]), labels[column], strict=True))
-    kind = table["path"].map(kinds)
+    kind = _kinds(table, eval_labels)
     inlier = kind.isin(inlier_values)
     scored = table["combined"].notna() & kind.notna()
     result: dict[str, Any] = {
@@ -399,6 +455,75 @@ def evaluate(
             "missed_at_95_kept": float((scores <= keep95).mean()) if both else None,
         }
     return result
+
+
+def _inlier_values(run_dir: str | Path) -> list[str]:
+    """Evaluation-label values that mean "inlier": ours, and the run's positive class."""
+    positive = runfolder.read_config(run_dir)["data"].get("positive_class")
+    return [*INLIER_VALUES, *([positive] if positive else [])]
+
+
+def _kinds(table: pd.DataFrame, eval_labels: str | Path) -> pd.Series:
+    """Each scored row's type from a CSV of ``path`` and ``type``/``label`` (NaN: not listed)."""
+    csv = Path(eval_labels)
+    labels = with_path_column(read_csv_table(csv), csv)
+    column = "type" if "type" in labels.columns else "label" if "label" in labels.columns else None
+    if column is None:
+        raise errors.DataError(
+            errors.MISSING_COLUMN.format(
+                path=csv,
+                column="type",
+                columns=", ".join(labels.columns),
+                fix="Give the type (inlier, or the outlier type) of each image in a 'type' column.",
+            )
+        )
+    kinds = dict(zip(relative_paths(csv, labels["path"]), labels[column], strict=True))
+    return table["path"].map(kinds)
+
+
+FLAG_CI = 0.95  # level of the flag-rate intervals (Clopper-Pearson: exact for a binomial)
+
+
+def flag_rates(
+    table: pd.DataFrame, paths_csv: str | None, inliers: pd.Series | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Flag rate per group of each attribute column of the screened CSV, with exact intervals.
+
+    Among the inliers when evaluation labels say which rows are inliers (the false-flag rate),
+    else among every screened row. Empty without a screened CSV with attribute columns.
+    """
+    if not paths_csv:
+        return {}
+    csv = Path(paths_csv)
+    listed = with_path_column(read_csv_table(csv), csv)
+    listed["path"] = relative_paths(csv, listed["path"])
+    candidates = [c for c in listed.columns if is_attribute(c) and c not in ("type", "label")]
+    columns = suitable_groups(listed.fillna("").astype(str), candidates)
+    if not columns:
+        return {}
+    values = listed.drop_duplicates("path").set_index("path")[columns].fillna("").astype(str)
+    rows = table if inliers is None else table[inliers.to_numpy()]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for column in columns:
+        group = rows["path"].map(values[column]).fillna("")
+        out[column] = []
+        for name in sorted(set(group) - {""}):
+            flagged = rows.loc[group == name, "is_outlier"].astype(bool)
+            k, n = int(flagged.sum()), len(flagged)
+            low, high = _clopper_pearson(k, n, FLAG_CI)
+            out[column].append(
+                {"group": name, "n": n, "flagged": k, "rate": k / n, "ci_low": low, "ci_high": high}
+            )
+    return out
+
+
+def _clopper_pearson(k: int, n: int, ci: float) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    alpha = 1 - ci
+    low = float(beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
+    high = float(beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
+    return low, high
 
 
 def model_hash(run_dir: str | Path) -> str:
