@@ -78,6 +78,7 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
     detector = fit_detector(run, OutlierConfig(model=str(run), data=str(data), device="cpu"))
     # pyod's attributes after fit
     assert isinstance(detector, LatentOutlierDetector)
+    # A detection model: its face class, not its features, tells non-faces apart.
     assert detector.components_ == [
         "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness",
     ]  # fmt: skip
@@ -100,6 +101,12 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
         y = np.r_[np.zeros(len(inlier)), np.ones(len(outlier))]
         auroc = roc_auc_score(y, np.r_[inlier, outlier])
         assert auroc >= floors[name], (name, auroc)
+    # The encoder's own features see scenes without the classifier's face class.
+    face_scores, scene_scores = detector.score_components(faces), detector.score_components(scenes)
+    for component, floor in (("conv_features", 0.75), ("hidden_features", 0.9)):
+        y = np.r_[np.zeros(len(faces)), np.ones(len(scenes))]
+        s = np.r_[face_scores[component], scene_scores[component]]
+        assert roc_auc_score(y, s) > floor, component
     table = detector.score_table(faces[:10])
     assert list(table.columns) == [
         "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness", "density",

@@ -42,6 +42,10 @@ DEFINITIONS = {
     "(Ledoit-Wolf covariance)",
     "kl": "KL divergence of the encoder's posterior from the N(0, I) prior",
     "not_face": "1 - p(positive class) from the classifier head (detection models)",
+    "conv_features": "squared Mahalanobis distance of the last conv block's channels (mean- and "
+    "std-pooled over space) to the training faces' (Ledoit-Wolf covariance)",
+    "hidden_features": "squared Mahalanobis distance of the encoder's hidden layer to the "
+    "training faces' (Ledoit-Wolf covariance)",
     "sharpness": "log mean absolute Laplacian of the grey image (two-sided: blur and noise)",
     "blockiness": "log ratio of gradients across 8x8 JPEG block edges to those elsewhere "
     "(two-sided)",
