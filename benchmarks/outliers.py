@@ -36,7 +36,7 @@ from PIL import Image, ImageFilter
 from sections import write_section  # benchmarks/ is on sys.path when run as a script
 from sklearn.metrics import roc_auc_score
 
-from debias import TrainConfig, train
+from debias import TrainConfig, resume, train
 from debias.data import decode_images
 from debias.jobs.outliers import OutlierConfig, fit_detector
 
@@ -101,7 +101,9 @@ def run_seed(args: argparse.Namespace, seed: int, command: str) -> dict:
         return json.loads(result_path.read_text())
     run = out / "runs" / f"{args.task}-seed{seed}"
     t0 = time.perf_counter()
-    if not (run / "density.pt").exists():
+    if not (run / "density.pt").exists() and (run / "config.json").exists():
+        resume(run, device="cpu")  # a benchmark stopped while training: finish that run
+    elif not (run / "density.pt").exists():
         train(
             TrainConfig(
                 labels=str(args.data / f"{args.task}-train.csv"),

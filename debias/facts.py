@@ -251,9 +251,8 @@ def model_card(
         "Group labels are as good as the data's annotation; self-reported and annotated "
         "attributes differ.",
     ]
-    evaluation = (
-        (audit["config"].get("data") or audit["config"].get("labels") or "") if audit else ""
-    )
+    config = audit["config"] if audit else {}
+    evaluation = config.get("data") or config.get("labels") or config.get("predictions") or ""
     if run_config is None:
         return _external_card(subject, audit, evaluation or "not audited", caveats)
     train = run_config["train"]
