@@ -247,8 +247,17 @@ def report(records: list[dict]) -> None:
         "",
         f"False-flag rate at the calibrated threshold (target {first['target_false_flag_rate']}) "
         f"on {first['n_ffr']} held-out test faces, by what the detector was calibrated on. The "
-        "run's validation faces are as White-skewed as its training faces (93% White); the test "
-        "faces are not (47% White), so only the second calibration set is exchangeable with them.",
+        "run's validation faces are drawn like its training faces"
+        + (
+            " (93% White); the test faces are not (47% White), so only calibration on other test "
+            "faces is exchangeable with them."
+            if first["task"] == "utk-detect"
+            else "; the other calibration sets are drawn like the screened test faces."
+        )
+        + " Per race: mean ± std over seeds of the rate among that race's held-out faces; "
+        "*by race* calibrates each race on its own faces and judges each face by its race's "
+        "threshold; *per latent cluster* does the same with k-means clusters of the latent means "
+        "(no labels).",
         "",
         "| calibrated on | n | false-flag rate | per seed | " + " | ".join(races) + " |",
         "|---|---|---|---|" + "---|" * len(races),

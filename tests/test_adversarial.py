@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -371,9 +372,16 @@ def test_kill_during_audit_leaves_the_old_set_or_the_new_one(world: Path, tmp_pa
                "--overwrite", "--seed"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     old = _snapshot(root / "audit")
+    # Kill at fractions of one audit's own duration, so that on a slow or busy machine some
+    # kills still fall before the set lands and some after (fixed delays tested nothing there).
+    start = time.perf_counter()
+    subprocess.run([*command, "9", "--out", "timed"], cwd=root, env=env, check=True)
+    duration = time.perf_counter() - start
+    shutil.rmtree(root / "timed")
     landed = 0
-    for delay in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
-        seed = str(int(delay))  # each seed's audit is a set of its own
+    for i, fraction in enumerate((0.1, 0.3, 0.5, 0.7, 0.9, 1.5), start=1):
+        delay = fraction * duration
+        seed = str(i)  # each seed's audit is a set of its own
         process = subprocess.Popen([*command, seed, "--out", "audit"], cwd=root, env=env)
         try:
             process.wait(timeout=delay)
