@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from debias import errors
 from debias.device import select_device
 from debias.fairness.audit import AuditOptions, AuditResult, audit
-from debias.predict import module_classifier, predict_images
+from debias.predict import check_outputs, module_classifier, predict_images
 
 
 def audit_model(
@@ -76,14 +75,7 @@ def audit_model(
     classifier = module_classifier(module, classes=classes, mean=mean, std=std, device=target)
     pixels = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     probabilities = predict_images(classifier, pixels, batch_size=batch_size)
-    names = np.asarray(list(classes), dtype=object)
-    if probabilities.shape[1] != len(names):
-        raise errors.DataError(
-            errors.MODEL_OUTPUT.format(
-                path=type(module).__name__,
-                shape=tuple(probabilities.shape),
-                expected=f"(N, {len(names)}) for classes {', '.join(map(str, names))}",
-            )
-        )
-    y_pred = names[probabilities.argmax(axis=1)]
-    return audit(y_true, y_pred, sensitive_features, options, classes=list(map(str, names)))
+    names = [str(c) for c in classes]
+    check_outputs(probabilities, names, type(module).__name__)
+    y_pred = np.asarray(names, dtype=object)[probabilities.argmax(axis=1)]
+    return audit(y_true, y_pred, sensitive_features, options, classes=names)

@@ -124,12 +124,7 @@ def load_classifier(
         head = fh.read(4)
     if head[:1] and head[0] == PICKLE_PROTOCOL_OPCODE:
         raise errors.RunError(errors.PICKLED_MODEL.format(path=path))
-    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - shift) / scale
-
+    normalise = _normaliser(mean, std)
     if head == ZIP_MAGIC and _is_export_archive(path):
         return _load_export(path, normalise, device)
     if head == ZIP_MAGIC:
@@ -151,17 +146,36 @@ def module_classifier(
     one column (:func:`_output`). The module is put in eval mode and is not copied.
     """
     device = device or torch.device("cpu")
-    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    normalise = _normaliser(mean, std)
     module.eval()
     name = Path(type(module).__name__)
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        inputs = ((x.float() / 255.0 - shift) / scale).to(device)
-        return _output(_call(module, inputs, name), name).cpu()
+        return _output(_call(module, normalise(x).to(device), name), name).cpu()
 
     return ModelFile(predict, list(classes) if classes else None, None, "module")
+
+
+def _normaliser(
+    mean: Sequence[float], std: Sequence[float]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return an external model's feed: uint8 ``(B, 3, S, S)`` to ``(x / 255 - mean) / std``."""
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return lambda x: (x.float() / 255.0 - shift) / scale
+
+
+def check_outputs(probabilities: np.ndarray, model_classes: Sequence[str], source: str) -> None:
+    """Raise RunError unless the model gave one probability per named class."""
+    if probabilities.shape[1] != len(model_classes):
+        raise errors.RunError(
+            errors.MODEL_OUTPUT.format(
+                path=source,
+                shape=tuple(probabilities.shape),
+                expected=f"(N, {len(model_classes)}) for classes {', '.join(model_classes)}",
+            )
+        )
 
 
 def _is_export_archive(path: Path) -> bool:
@@ -362,14 +376,7 @@ def predictions_table(
     source : str
         The model, for messages.
     """
-    if probabilities.shape[1] != len(model_classes):
-        raise errors.RunError(
-            errors.MODEL_OUTPUT.format(
-                path=source,
-                shape=tuple(probabilities.shape),
-                expected=f"(N, {len(model_classes)}) for classes {', '.join(model_classes)}",
-            )
-        )
+    check_outputs(probabilities, model_classes, source)
     unknown = sorted(set(data_classes) - set(model_classes))
     if unknown:
         raise errors.DataError(
