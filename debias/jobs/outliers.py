@@ -163,11 +163,20 @@ def fit_detector(
         ``config.contamination`` of them.
     """
     listener = listener or SilentListener()
-    calibration_paths = _calibration_paths(config) if config.calibration else []
+    calibration_paths: list[str] = []
+    listed = None  # the calibration CSV, read once for its paths and its groups
+    if config.calibration is not None:
+        source = Path(config.calibration)
+        if source.suffix.lower() == ".csv":
+            listed = _listed_table(source)
+            calibration_paths = listed["path"].tolist()
+        else:
+            calibration_paths = _folder(source, "--calibration")
     calibration_groups = None
     if config.calibration_groups:
-        calibration_groups = _group_column(config.calibration, config.calibration_groups,
-                                           "--calibration")  # fmt: skip
+        calibration_groups = _group_values(
+            listed, config.calibration_groups, config.calibration, "--calibration"
+        )
     model, run_config = runfolder.load_model(run_dir)
     device = select_device(config.device)
     model = model.to(device)
@@ -235,11 +244,6 @@ def _decode_run_images(
     )
 
 
-def _calibration_paths(config: OutlierConfig) -> list[str]:
-    source = Path(config.calibration)  # type: ignore[arg-type]
-    return _listed(source) if source.suffix.lower() == ".csv" else _folder(source, "--calibration")
-
-
 def _calibration_images(
     config: OutlierConfig, paths: list[str], size: int, listener: Listener
 ) -> np.ndarray:
@@ -263,29 +267,23 @@ def _calibration_images(
     return images
 
 
-def _group_column(source: str | None, column: str, option: str) -> list[str]:
-    """Each listed image's value of ``column`` in the CSV ``source``, in the listed order."""
-    csv = Path(source or "")
-    table = read_csv_table(csv) if csv.suffix.lower() == ".csv" and csv.is_file() else None
-    if table is None or column not in table.columns:
+def _group_values(
+    listed: pd.DataFrame | None, column: str, source: str | None, option: str
+) -> np.ndarray:
+    """Each listed image's value of ``column`` (from :func:`_listed_table`), in the listed order."""
+    if listed is None or column not in listed.columns:
         what = f"{source}" if source else "the screened images"
         raise errors.ConfigError(
             errors.GROUPS_NEED_CSV.format(column=column, what=what, option=option)
         )
-    table = with_path_column(table, csv)
-    return table[column].fillna("").astype(str).str.strip().tolist()
+    return listed[column].fillna("").astype(str).str.strip().to_numpy(dtype=object)
 
 
-def _inputs(config: OutlierConfig) -> list[str]:
-    if config.paths is not None:
-        return _listed(Path(config.paths))
-    return _folder(Path(config.data), "--data")  # type: ignore[arg-type]
-
-
-def _listed(csv: Path) -> list[str]:
-    """Image paths of a CSV's ``path`` column, relative to the CSV's folder."""
+def _listed_table(csv: Path) -> pd.DataFrame:
+    """Read a CSV of images: its rows, ``path`` resolved relative to the CSV's folder."""
     table = with_path_column(read_csv_table(csv), csv)
-    return relative_paths(csv, table["path"])
+    table["path"] = relative_paths(csv, table["path"])
+    return table
 
 
 def _folder(root: Path, option: str) -> list[str]:
@@ -318,11 +316,16 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         config.out or Path("reports") / datetime.now().strftime("outliers-%Y%m%d-%H%M%S.csv")
     )
     _check_out(csv, config.overwrite)  # before the work; again under the lock
-    paths = _inputs(config)
+    # The screened CSV, read once: its paths, its groups for calibration and for flag rates.
+    screened = _listed_table(Path(config.paths)) if config.paths is not None else None
+    if screened is not None:
+        paths = screened["path"].tolist()
+    else:  # validate() made sure one of the two is given
+        paths = _folder(Path(config.data or ""), "--data")
     screened_groups = None
     if config.calibration_groups:  # before the work: the screened faces need their groups too
-        screened_groups = np.asarray(
-            _group_column(config.paths, config.calibration_groups, "--paths"), dtype=object
+        screened_groups = _group_values(
+            screened, config.calibration_groups, config.paths, "--paths"
         )
     detector = fit_detector(config.model, config, listener)
     config = dataclasses.replace(config, components=list(detector.components_))
@@ -360,7 +363,7 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
     inliers = None
     if config.eval_labels is not None:
         inliers = _kinds(table, config.eval_labels).isin(_inlier_values(config.model))
-    by_group = flag_rates(table, config.paths, inliers)
+    by_group = flag_rates(table, screened, inliers)
     summary = _summary(config, detector, table, evaluation)
     summary["by_group"] = by_group
     summary["small_calibration_groups"] = detector.small_groups_
@@ -489,18 +492,16 @@ FLAG_CI = 0.95  # level of the flag-rate intervals (Clopper-Pearson: exact for a
 
 
 def flag_rates(
-    table: pd.DataFrame, paths_csv: str | None, inliers: pd.Series | None
+    table: pd.DataFrame, listed: pd.DataFrame | None, inliers: pd.Series | None
 ) -> dict[str, list[dict[str, Any]]]:
     """Flag rate per group of each attribute column of the screened CSV, with exact intervals.
 
-    Among the inliers when evaluation labels say which rows are inliers (the false-flag rate),
-    else among every screened row. Empty without a screened CSV with attribute columns.
+    ``listed`` is the screened CSV (:func:`_listed_table`). Among the inliers when evaluation
+    labels say which rows are inliers (the false-flag rate), else among every screened row. Empty
+    without a screened CSV with attribute columns.
     """
-    if not paths_csv:
+    if listed is None:
         return {}
-    csv = Path(paths_csv)
-    listed = with_path_column(read_csv_table(csv), csv)
-    listed["path"] = relative_paths(csv, listed["path"])
     candidates = [c for c in listed.columns if is_attribute(c) and c not in ("type", "label")]
     columns = suitable_groups(listed.fillna("").astype(str), candidates)
     if not columns:
