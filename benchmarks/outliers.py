@@ -39,6 +39,7 @@ from sklearn.metrics import roc_auc_score
 from debias import TrainConfig, resume, train
 from debias.data import decode_images
 from debias.jobs.outliers import OutlierConfig, fit_detector
+from debias.outliers import FACE_EVIDENCE
 
 HERE = Path(__file__).parent
 SIZE = 64
@@ -215,6 +216,8 @@ def report(records: list[dict]) -> None:
     other = first["other_combine"]
     skip = ("combined", other)
     components = [c for c in first["types"][types[0]]["auroc"] if c not in skip]
+    evidence = [c for c in first["components"] if c in FACE_EVIDENCE]
+    folded = f"; {', '.join(evidence)} Fisher-combined into one p-value first" if evidence else ""
     lines = [
         f"## Outlier detection on real faces (issue 5): {first['task']}",
         "",
@@ -223,7 +226,8 @@ def report(records: list[dict]) -> None:
         f"{first['n_inliers']} held-out test faces. AUROC with outliers as the positive class, "
         "mean ± std over seeds. *reconstruction* alone is the baseline (what alibi-detect's "
         f"OutlierVAE and pyod's VAE score); *combined* is the detector (the {first['combine']} "
-        f"rule over {', '.join(first['components'])}, calibrated on the validation faces), "
+        f"rule over {', '.join(first['components'])}{folded}, calibrated on the validation "
+        "faces), "
         f"*{other}* the same components combined by the other rule; the component columns are "
         "each raw score alone (upper tail); *density* is the rarity score, not combined.",
         "",

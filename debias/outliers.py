@@ -7,13 +7,19 @@ Each image gets component scores:
   (class-agnostic; Ledoit-Wolf shrunk covariance, stable with 100 dimensions);
 - ``kl``: the KL term of the encoder's posterior against the prior;
 - ``not_face``: 1 - p(positive class), for detection models only;
-- ``conv_features`` and ``hidden_features``: squared Mahalanobis distances of the encoder's own
-  intermediate features (the last convolution block's channels, mean- and std-pooled over space,
-  and the dense hidden layer) to the training faces' (Lee et al., 2018). They see what the
-  latent space, trained to reconstruct faces, may not: an attribute classifier with no face
-  class has no ``not_face`` to tell a street scene from a face. They are combined only for such
-  models (a detection model's ``not_face`` does their work, and more components dilute the
-  minimum);
+- ``hidden_features``, ``conv_residual`` and ``reconstruction_ratio``: what tells a non-face
+  from a face when the classifier has no face class (an attribute classifier: gender, age). The
+  squared Mahalanobis distance of the encoder's dense hidden layer to the training faces' (Lee et
+  al., 2018); the distance of the last convolution block's activation map from the principal
+  subspace of the training faces' maps ("distance from face space", Turk & Pentland, 1991, on
+  the network's features: faces are aligned, so their maps share a layout that scenes lack); and
+  the log of the reconstruction error over that of a generic image model, the image averaged to
+  4 x 4 pixels and blown up again (a likelihood ratio against a background model, Ren et al.,
+  2019, correcting for input complexity, Serra et al., 2020: a busy scene is hard to reconstruct
+  for any model, a face only for a face model that does not know it). Their p-values are first
+  combined by Fisher's method into one (they are three views of one question, and the minimum
+  would dilute each), then enter the minimum with the pixel statistics. A detection model's
+  ``not_face`` does their work and they are not combined for it;
 - ``sharpness`` and ``blockiness``: two pixel statistics (log mean absolute Laplacian; log ratio
   of the gradients across 8-pixel block edges to those elsewhere). A face VAE's latent space is
   nearly blind to blur and compression, which make faces look *more* typical to it;
@@ -23,10 +29,11 @@ Each image gets component scores:
 
 Raw scores are never added up (a likelihood can rank some out-of-distribution data as more likely
 than the training data). Each component is turned into a conformal p-value against the run's
-held-out validation faces — two-sided for every component but ``not_face``, because an input can
-be atypical by being too easy to reconstruct or too close to the latent mean (a blurred face
-reconstructs better than a sharp one: the typicality argument of Nalisnick et al., 2019). The
-p-values are combined (the minimum, or Fisher's method) and the combination is itself calibrated
+held-out validation faces — two-sided for every component but ``not_face`` and the two feature
+distances, because an input can be atypical by being too easy to reconstruct or too close to the
+latent mean (a blurred face reconstructs better than a sharp one: the typicality argument of
+Nalisnick et al., 2019). The p-values are combined (the minimum, or Fisher's method; an attribute
+classifier's three face views folded into one first) and the combination is itself calibrated
 on the validation faces: an input is an outlier when its combined p-value is at most
 ``contamination``, which flags that share of inliers (in expectation, for inputs exchangeable with
 the validation faces).
@@ -43,6 +50,7 @@ import pandas as pd
 import torch
 from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
 
 from debias.encode import encoded_batches, eval_mode
 from debias.model import DBVAE, kl_divergence
@@ -55,8 +63,9 @@ TWO_SIDED = {
     "mahalanobis": True,
     "kl": True,
     "not_face": False,  # looking more like a face than the faces is no anomaly
-    "conv_features": False,  # a distance: being near the faces' mean is no anomaly
-    "hidden_features": False,
+    "hidden_features": False,  # a distance: being near the faces' mean is no anomaly
+    "conv_residual": False,
+    "reconstruction_ratio": True,
     "sharpness": True,
     "blockiness": True,
 }
@@ -90,23 +99,29 @@ def pixel_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
-FEATURES = ("conv_features", "hidden_features")
+# The components that tell non-faces apart for a model with no face class, Fisher-combined into
+# one p-value (module docstring); the first two read the encoder's layers.
+FACE_EVIDENCE = ("hidden_features", "conv_residual", "reconstruction_ratio")
+FEATURES = ("hidden_features", "conv_residual")
+CONV_AXES = 100  # principal axes of the face maps' subspace; the rest is the residual
+LOW_RES = 4  # side of the generic model's image: a face's layout, none of its features
 
 
 def _feature_layers(model: DBVAE) -> dict[str, torch.nn.Module]:
     """Return the encoder layers whose outputs the feature components read."""
     layers = list(model.encoder.features)
     flatten = next(i for i, m in enumerate(layers) if isinstance(m, torch.nn.Flatten))
-    # The last conv block's output (before flattening) and the hidden layer's ReLU.
-    return {"conv_features": layers[flatten - 1], "hidden_features": layers[-2]}
+    # The hidden layer's ReLU, and the last conv block's map as the dense layer sees it.
+    return {"hidden_features": layers[-2], "conv_residual": layers[flatten]}
 
 
-def _pooled(activation: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean and std over space of ``(B, C, H, W)``; ``(B, D)`` passes through."""
-    if activation.ndim == 4:
-        flat = activation.flatten(2)
-        return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)  # (B, 2C)
-    return activation
+def _low_res_error(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error ``(B,)`` of ``x`` ``(B, 3, S, S)`` averaged to LOW_RES px and back."""
+    small = torch.nn.functional.adaptive_avg_pool2d(x, LOW_RES)  # (B, 3, LOW_RES, LOW_RES)
+    back = torch.nn.functional.interpolate(
+        small, size=x.shape[-2:], mode="bilinear", align_corners=False
+    )  # (B, 3, S, S)
+    return (back - x).abs().mean(dim=(1, 2, 3))
 
 
 @torch.no_grad()
@@ -120,11 +135,13 @@ def raw_scores(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """Per-image reconstruction, KL and 1 - p(positive) scores, latent means and features.
 
-    Returns the scores, the latent means ``(N, K)`` and the encoder's pooled intermediate
-    features per layer of :data:`FEATURES` (``(N, D)`` each), read by forward hooks in the same
-    pass. The model runs in eval mode and is left in the mode it was in.
+    Returns the scores (with ``reconstruction_ratio``), the latent means ``(N, K)`` and the
+    encoder's intermediate features per layer of :data:`FEATURES` (``(N, D)`` each), read by
+    forward hooks in the same pass. The model runs in eval mode and is left in the mode it was in.
     """
-    out: dict[str, list[np.ndarray]] = {"reconstruction": [], "kl": [], "not_face": []}
+    out: dict[str, list[np.ndarray]] = {
+        "reconstruction": [], "reconstruction_ratio": [], "kl": [], "not_face": []
+    }  # fmt: skip
     mus = [np.zeros((0, model.cfg.latent_dim), np.float32)]
     features: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
     caught: dict[str, torch.Tensor] = {}
@@ -136,9 +153,12 @@ def raw_scores(
         with eval_mode(model):
             for x, logits, mu, logvar in encoded_batches(model, images, None, device, on_advance):
                 for name in FEATURES:
-                    features[name].append(_pooled(caught[name]).float().cpu().numpy())
+                    features[name].append(caught[name].float().cpu().numpy())
                 recon = model.decoder(mu)  # (B, 3, S, S)
-                out["reconstruction"].append((recon - x).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+                error = (recon - x).abs().mean(dim=(1, 2, 3)).float()  # (B,)
+                out["reconstruction"].append(error.cpu().numpy())
+                ratio = torch.log(error + 1e-4) - torch.log(_low_res_error(x.float()) + 1e-4)
+                out["reconstruction_ratio"].append(ratio.cpu().numpy())
                 out["kl"].append(kl_divergence(mu, logvar).cpu().numpy())
                 if positive is not None:
                     p = torch.softmax(logits.float(), dim=1)[:, positive]
@@ -240,11 +260,34 @@ def _combine(log_p: np.ndarray, how: PValueCombine, n_calibration: int) -> np.nd
     return -log_p.min(axis=1) + gap * mean / (1.0 + mean)
 
 
+def _evidence_statistic(log_p: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Fisher's statistic ``-sum log p`` ``(N,)`` over the ``fold`` columns of ``(N, M)``."""
+    return -log_p[:, fold].sum(axis=1)
+
+
+def _folded(log_p: np.ndarray, fold: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """Replace the ``fold`` columns of log p-values ``(N, M)`` by one: their Fisher p-value.
+
+    The statistic's p-value is conformal, like every component's: against the calibration faces'
+    statistics ``reference``, or with None (the calibration faces themselves) each against the
+    others. Fisher's chi-square would assume independent p-values; these are not.
+    """
+    if not fold.any():
+        return log_p
+    statistic = _evidence_statistic(log_p, fold)
+    if reference is None:
+        one = _leave_one_out_log_p_values(statistic)
+    else:
+        one = log_p_values(reference, statistic)
+    return np.column_stack([one, log_p[:, ~fold]])  # (N, M - fold.sum() + 1)
+
+
 def calibrate(
     components: list[np.ndarray],
     combine: PValueCombine,
     contamination: float,
     two_sided: list[bool] | None = None,
+    fold: list[bool] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Score calibration inliers and find the threshold that flags ``contamination`` of them.
 
@@ -256,6 +299,8 @@ def calibrate(
     contamination : float
     two_sided : list of bool, optional
         Per component, whether both tails count (default: upper tail only).
+    fold : list of bool, optional
+        Components whose p-values are first combined into one by Fisher's method (default none).
 
     Returns
     -------
@@ -267,11 +312,50 @@ def calibrate(
     """
     sides = two_sided or [False] * len(components)
     loo = np.stack([_leave_one_out_sided(c, s) for c, s in zip(components, sides, strict=True)], 1)
+    loo = _folded(loo, np.asarray(fold or [False] * len(components), dtype=bool), None)
     scores = _combine(loo, combine, len(loo))
     # p = (1 + #{scores >= s}) / (n + 1) <= contamination  <=>  at most k scores are >= s.
     k = int(np.floor(contamination * (len(scores) + 1))) - 1
     ordered = np.sort(scores)[::-1]
     return scores, float(ordered[k]) if 0 <= k < len(ordered) else float("inf")
+
+
+def combined_scores(
+    calibration: list[np.ndarray],
+    components: list[np.ndarray],
+    combine: PValueCombine,
+    two_sided: list[bool],
+    fold: list[bool] | None = None,
+) -> np.ndarray:
+    """Combine new inputs' component scores on the scale of :func:`calibrate`'s threshold.
+
+    Parameters
+    ----------
+    calibration : list of numpy.ndarray
+        Each component's scores on the calibration inliers, as given to :func:`calibrate`.
+    components : list of numpy.ndarray
+        The same components' scores on the new inputs.
+    combine : {"fisher", "min"}
+    two_sided : list of bool
+        Per component, whether both tails count.
+    fold : list of bool, optional
+        Components whose p-values are first combined into one by Fisher's method.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)``; higher = more anomalous.
+    """
+    sides = zip(calibration, components, two_sided, strict=True)
+    log_p = np.stack([sided_log_p_values(c, s, t) for c, s, t in sides], axis=1)  # (N, M)
+    folding = np.asarray(fold or [False] * len(components), dtype=bool)
+    reference = None
+    if folding.any():
+        # the calibration faces' own statistics, each from its p-values against the others
+        own = zip(calibration, two_sided, strict=True)
+        loo = np.stack([_leave_one_out_sided(c, t) for c, t in own], axis=1)  # (n, M)
+        reference = _evidence_statistic(loo, folding)
+    return _combine(_folded(log_p, folding, reference), combine, len(calibration[0]))
 
 
 @dataclass
@@ -350,8 +434,10 @@ class LatentOutlierDetector:
         Components combined into the outlier score.
     mean_, precision_ : numpy.ndarray
         Mean and shrunk inverse covariance of the training latents.
-    feature_stats_ : dict of str to (numpy.ndarray, numpy.ndarray)
-        The same for each intermediate feature layer (:data:`FEATURES`).
+    hidden_stats_ : tuple of numpy.ndarray
+        The same for the encoder's hidden layer.
+    conv_subspace_ : tuple of numpy.ndarray
+        Mean ``(D,)`` and principal axes ``(CONV_AXES, D)`` of the training faces' last conv maps.
     histogram_ : LatentHistogram
         Latent density of the training faces.
     calibration_ : dict of str to numpy.ndarray
@@ -450,22 +536,24 @@ class LatentOutlierDetector:
         )
         self.mean_ = mu_train.mean(axis=0)
         self.precision_ = LedoitWolf().fit(mu_train).precision_
-        # (mean, precision) of each feature layer's pooled activations on the training faces
-        self.feature_stats_ = {
-            name: (f.mean(axis=0), LedoitWolf().fit(f).precision_) for name, f in features.items()
-        }
+        hidden = features["hidden_features"]
+        self.hidden_stats_ = (hidden.mean(axis=0), LedoitWolf().fit(hidden).precision_)
+        conv = features["conv_residual"]
+        axes = min(CONV_AXES, len(conv) - 1, conv.shape[1])
+        pca = PCA(axes, svd_solver="randomized", random_state=self.random_state).fit(conv)
+        self.conv_subspace_ = (pca.mean_, pca.components_)  # (D,), (axes, D)
         self.histogram_ = self.density or LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
             torch.from_numpy(mu_train)
         )
         # A detection model's face class tells non-faces apart; an attribute classifier has none,
-        # and its own intermediate features take that part. Both together dilute the minimum
-        # (occluded faces: AUROC 0.976 -> 0.952 on utk-detect, benchmarks/RESULTS.md).
-        face_class = self.positive is not None
-        self.components_ = [
-            c
-            for c in COMBINED
-            if (c != "not_face" or face_class) and (c not in FEATURES or not face_class)
-        ]
+        # and the face evidence takes that part. Both together dilute the minimum (occluded
+        # faces: AUROC 0.976 -> 0.952 on utk-detect), and beside the evidence the latent
+        # components only dilute it too (scene crops on utk-gender: 0.984 with the evidence and
+        # the pixel statistics alone, 0.974 with mahalanobis and kl as well; benchmarks/RESULTS.md)
+        if self.positive is not None:
+            self.components_ = [c for c in COMBINED if c not in FACE_EVIDENCE]
+        else:
+            self.components_ = [*FACE_EVIDENCE, "sharpness", "blockiness"]
         self.clusters_ = None
         if self.calibration_clusters > 0 and calibration_groups is None:
             self.clusters_ = KMeans(
@@ -491,12 +579,18 @@ class LatentOutlierDetector:
                 self.group_calibration_[name] = self._calibrate(own)
         return self
 
+    @property
+    def _fold(self) -> np.ndarray:
+        """Which of :attr:`components_` are Fisher-combined first (the face evidence)."""
+        return np.array([c in FACE_EVIDENCE for c in self.components_], dtype=bool)
+
     def _calibrate(self, scores: dict[str, np.ndarray]) -> Calibration:
         decision, threshold = calibrate(
             [scores[c] for c in self.components_],
             self.combine,
             self.contamination,
             [TWO_SIDED[c] for c in self.components_],
+            list(self._fold),
         )
         return Calibration(scores, decision, threshold)
 
@@ -512,8 +606,11 @@ class LatentOutlierDetector:
             on_advance=on_advance,
         )
         scores["mahalanobis"] = _mahalanobis(mu, self.mean_, self.precision_)
-        for name, (mean, precision) in self.feature_stats_.items():
-            scores[name] = _mahalanobis(features[name], mean, precision)
+        scores["hidden_features"] = _mahalanobis(features["hidden_features"], *self.hidden_stats_)
+        mean, axes = self.conv_subspace_
+        centred = features["conv_residual"].astype(np.float64) - mean  # (N, D)
+        residual = centred - (centred @ axes.T) @ axes
+        scores["conv_residual"] = (residual**2).sum(axis=1)
         scores.update(pixel_statistics(images))
         scores[RARITY] = self._rarity(mu)
         if getattr(self, "clusters_", None) is not None:
@@ -557,14 +654,13 @@ class LatentOutlierDetector:
         return combined
 
     def _combined(self, calibration: Calibration, scores: dict[str, np.ndarray]) -> np.ndarray:
-        log_p = np.stack(
-            [
-                sided_log_p_values(calibration.scores[c], scores[c], TWO_SIDED[c])
-                for c in self.components_
-            ],
-            axis=1,
+        return combined_scores(
+            [calibration.scores[c] for c in self.components_],
+            [scores[c] for c in self.components_],
+            self.combine,
+            [TWO_SIDED[c] for c in self.components_],
+            list(self._fold),
         )
-        return _combine(log_p, self.combine, calibration.n)
 
     def _judges(
         self, groups: Sequence[str] | None, n: int
