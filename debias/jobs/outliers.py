@@ -44,8 +44,9 @@ DEFINITIONS = {
     "not_face": "1 - p(positive class) from the classifier head (detection models)",
     "hidden_features": "squared Mahalanobis distance of the encoder's hidden layer to the "
     "training faces' (Ledoit-Wolf covariance; models with no face class)",
-    "conv_residual": "squared distance of the last conv block's map from the principal subspace "
-    "of the training faces' maps (models with no face class)",
+    "conv_lof": "distance of the last conv block's map (L2-normalised) to its 10th nearest "
+    "among the training faces', over those faces' own (local outlier factor; models with no "
+    "face class)",
     "reconstruction_ratio": "log of the reconstruction error over that of the image averaged to "
     "4 x 4 pixels and blown up (models with no face class)",
     "sharpness": "log mean absolute Laplacian of the grey image (two-sided: blur and noise)",
@@ -55,7 +56,7 @@ DEFINITIONS = {
     "one empty bin's cost per bin width outside the training range (rarity, not combined)",
     "combined": "-log of the smallest (or Fisher's -2 sum log) of the components' conformal "
     "p-values against the validation faces; two-sided for reconstruction, mahalanobis, kl, "
-    "reconstruction_ratio, sharpness and blockiness; hidden_features, conv_residual and "
+    "reconstruction_ratio, sharpness and blockiness; hidden_features, conv_lof and "
     "reconstruction_ratio are first combined into one p-value by Fisher's method",
     "p_value": "conformal p-value of the combined score against the validation faces; "
     "is_outlier iff p_value <= contamination",
