@@ -105,7 +105,7 @@ def pixel_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
 # one p-value (module docstring); the first two read the encoder's layers.
 FACE_EVIDENCE = ("hidden_features", "conv_lof", "reconstruction_ratio")
 FEATURES = ("hidden_features", "conv_lof")
-NEIGHBOURS = 10  # conv_lof's k: 50 measured alike (scene crops 0.988 against 0.988, one seed)
+NEIGHBOURS = 10  # conv_lof's k: 50 measured alike (scene crops 0.988 and 0.987, utk-age seed 1)
 LOW_RES = 4  # side of the generic model's image: a face's layout, none of its features
 
 
@@ -132,6 +132,8 @@ def _neighbours(
     (``x`` is ``bank``) each row's nearest, itself, is left out.
     """
     k = min(k, len(bank) - int(skip_self))
+    if k < 1:  # a bank of one face has no other neighbour: call it at distance 0
+        return torch.zeros(len(x), 1), torch.zeros(len(x), 1, dtype=torch.long)
     distances, indices = [torch.zeros(0, k)], [torch.zeros(0, k, dtype=torch.long)]
     for chunk in x.split(1024):
         cos, index = torch.topk(chunk @ bank.T, k + int(skip_self), dim=1)  # (B, k[+1])
@@ -139,6 +141,20 @@ def _neighbours(
         distances.append(torch.sqrt(torch.clamp(2.0 - 2.0 * cos, min=0.0)))
         indices.append(index)
     return torch.cat(distances), torch.cat(indices)
+
+
+def local_outlier_factor(
+    x: torch.Tensor, bank: torch.Tensor, radius: torch.Tensor, k: int = NEIGHBOURS
+) -> np.ndarray:
+    """Distance ``(N,)`` of each unit row of ``x`` to its k-th nearest in ``bank``, relative.
+
+    Divided by the mean of those neighbours' own k-th neighbour distances ``radius`` ``(M,)``
+    for a bank ``(M, D)`` (a simplified local outlier factor, Breunig et al., 2000): a face in a
+    sparse region of the training faces — one of a group rare in training — is no anomaly for
+    being far from the rest.
+    """
+    distance, index = _neighbours(x, bank, k)  # (N, k), (N, k)
+    return (distance[:, -1] / radius[index].mean(dim=1).clamp(min=1e-12)).double().numpy()
 
 
 def _low_res_error(x: torch.Tensor) -> torch.Tensor:
@@ -576,7 +592,8 @@ class LatentOutlierDetector:
         # and the face evidence takes that part. Both together dilute the minimum (occluded
         # faces: AUROC 0.976 -> 0.952 on utk-detect), and beside the evidence the latent
         # components only dilute it too (scene crops on utk-gender: 0.984 with the evidence and
-        # the pixel statistics alone, 0.974 with mahalanobis and kl as well; benchmarks/RESULTS.md)
+        # the pixel statistics alone, 0.974 with mahalanobis and kl as well;
+        # benchmarks/experiments/outlier-features.md)
         if self.positive is not None:
             self.components_ = [c for c in COMBINED if c not in FACE_EVIDENCE]
         else:
@@ -634,12 +651,8 @@ class LatentOutlierDetector:
         )
         scores["mahalanobis"] = _mahalanobis(mu, self.mean_, self.precision_)
         scores["hidden_features"] = _mahalanobis(features["hidden_features"], *self.hidden_stats_)
-        distance, index = _neighbours(
-            _unit(torch.from_numpy(features["conv_lof"])), self.conv_bank_, NEIGHBOURS
-        )  # (N, k), (N, k)
-        # k-th neighbour's distance over the neighbours' own: a sparse region is no anomaly
-        lof = distance[:, -1] / self.conv_radius_[index].mean(dim=1).clamp(min=1e-12)
-        scores["conv_lof"] = lof.double().numpy()
+        conv = _unit(torch.from_numpy(features["conv_lof"]))  # (N, D)
+        scores["conv_lof"] = local_outlier_factor(conv, self.conv_bank_, self.conv_radius_)
         scores.update(pixel_statistics(images))
         scores[RARITY] = self._rarity(mu)
         if getattr(self, "clusters_", None) is not None:

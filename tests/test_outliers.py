@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -75,6 +76,31 @@ def test_false_flag_rate_holds_when_components_are_folded_first() -> None:
         _, threshold = calibrate(calibration, "min", 0.05, sides, fold)
         rates.append((combined_scores(calibration, new, "min", sides, fold) > threshold).mean())
     assert 0.046 < np.mean(rates) < 0.053, np.mean(rates)
+
+
+def test_local_outlier_factor_does_not_flag_a_sparse_group() -> None:
+    # A dense group of 900 training faces and a sparse one of 100 (a group rare in training): a
+    # plain neighbour distance calls new faces of the sparse group anomalous, the local outlier
+    # factor does not, and a point off both groups is still the most anomalous.
+    from debias.outliers import _neighbours, _unit, local_outlier_factor
+
+    rng = np.random.default_rng(0)
+    centre_a, centre_b = np.eye(64)[0] * 10, np.eye(64)[1] * 10
+
+    def group(centre: np.ndarray, n: int, spread: float) -> torch.Tensor:
+        return _unit(torch.from_numpy(centre + spread * rng.normal(size=(n, 64))))
+
+    bank = torch.cat([group(centre_a, 900, 0.5), group(centre_b, 100, 1.5)])
+    radius = _neighbours(bank, bank, 10, skip_self=True)[0][:, -1]
+    dense, sparse = group(centre_a, 200, 0.5), group(centre_b, 200, 1.5)
+    off = _unit(torch.from_numpy(np.eye(64)[2] * 10 + 0.5 * rng.normal(size=(50, 64))))
+    plain = {
+        n: _neighbours(x, bank, 10)[0][:, -1].numpy() for n, x in (("d", dense), ("s", sparse))
+    }
+    assert np.median(plain["s"]) > 2 * np.median(plain["d"])
+    lof = {n: local_outlier_factor(x, bank, radius, 10) for n, x in (("d", dense), ("s", sparse))}
+    assert abs(np.median(lof["s"]) - np.median(lof["d"])) < 0.25
+    assert local_outlier_factor(off, bank, radius, 10).min() > max(lof["d"].max(), lof["s"].max())
 
 
 def test_p_values_are_conformal_inside_and_keep_falling_beyond() -> None:
