@@ -1,45 +1,44 @@
 """Outlier scores from a DB-VAE: which inputs are unlike the faces the model was trained on.
 
-Each image gets component scores:
+Each image gets component scores. Combined into the outlier flag:
 
-- ``reconstruction``: mean absolute error of the image decoded from its latent mean;
-- ``mahalanobis``: squared Mahalanobis distance of the latent mean to the training latents
-  (class-agnostic; Ledoit-Wolf shrunk covariance, stable with 100 dimensions);
-- ``kl``: the KL term of the encoder's posterior against the prior;
+- ``hidden_features``, ``conv_lof`` and ``reconstruction_ratio``: three views of "is this a
+  face?". The squared Mahalanobis distance of the encoder's dense hidden layer to the training
+  faces' (Lee et al., 2018); how far the last convolution block's whole activation map,
+  L2-normalised, lies from its 10 nearest training faces' maps, relative to how far those faces
+  lie from theirs (a local outlier factor, Breunig et al., 2000, on deep features as in Sun et
+  al., 2022: faces are aligned, so their maps share a layout that scenes lack; the plain k-th
+  neighbour distance caught scene crops as well but flagged faces of groups rare in training more
+  often, as sparse regions have far neighbours — Black faces on utk-gender 0.154 against 0.097,
+  one seed); and the log of the reconstruction error over that of a generic image model, the
+  image averaged to 4 x 4 pixels and blown up again (a likelihood ratio against a background
+  model, Ren et al., 2019, correcting for input complexity, Serra et al., 2020: a busy scene is
+  hard to reconstruct for any model, a face only for a face model that does not know it). Their
+  p-values are first combined by Fisher's method into one: they are three views of one question,
+  and the minimum would dilute each. They are what an attribute classifier (gender, age), with no
+  face class, has to tell a street scene from a face;
 - ``not_face``: 1 - p(positive class), for detection models only;
-- ``hidden_features``, ``conv_lof`` and ``reconstruction_ratio``: what tells a non-face
-  from a face when the classifier has no face class (an attribute classifier: gender, age). The
-  squared Mahalanobis distance of the encoder's dense hidden layer to the training faces' (Lee et
-  al., 2018); how far the last convolution block's whole activation map, L2-normalised, lies
-  from its 10 nearest training faces' maps, relative to how far those faces lie from theirs (a
-  local outlier factor, Breunig et al., 2000, on deep features as in Sun et al., 2022: faces are
-  aligned, so their maps share a layout that scenes lack; the plain k-th neighbour distance
-  caught scene crops as well but flagged faces of groups rare in training more often, as sparse
-  regions have far neighbours — Black faces on utk-gender 0.154 against 0.097, one seed); and
-  the log of the reconstruction error over that of a generic image model, the image averaged to
-  4 x 4 pixels and blown up again (a likelihood ratio against a background model, Ren et al.,
-  2019, correcting for input complexity, Serra et al., 2020: a busy scene is hard to reconstruct
-  for any model, a face only for a face model that does not know it). Their p-values are first
-  combined by Fisher's method into one (they are three views of one question, and the minimum
-  would dilute each), then enter the minimum with the pixel statistics. A detection model's
-  ``not_face`` does their work and they are not combined for it;
 - ``sharpness`` and ``blockiness``: two pixel statistics (log mean absolute Laplacian; log ratio
   of the gradients across 8-pixel block edges to those elsewhere). A face VAE's latent space is
   nearly blind to blur and compression, which make faces look *more* typical to it;
 - ``density``: minus the histogram log-density of the latent mean, plus a penalty for every bin
   width outside the training range. This is *rarity*, reported as its own flag and not combined:
-  rare but valid faces are exactly what debiasing upweights; they are not errors.
+  rare but valid faces are exactly what debiasing upweights; they are not errors;
+- ``reconstruction``, ``mahalanobis`` (of the latent mean; Ledoit-Wolf covariance) and ``kl``
+  (the posterior's KL term): the latent model's own scores, reported by
+  :meth:`LatentOutlierDetector.score_components` but not combined. Beside the face views they
+  only diluted the minimum (benchmarks/experiments/outlier-features.md), and the reconstruction
+  error alone is what alibi-detect's OutlierVAE and pyod's VAE score: the benchmarks' baseline.
 
 Raw scores are never added up (a likelihood can rank some out-of-distribution data as more likely
 than the training data). Each component is turned into a conformal p-value against the run's
-held-out validation faces — two-sided for every component but ``not_face`` and the two feature
-distances, because an input can be atypical by being too easy to reconstruct or too close to the
-latent mean (a blurred face reconstructs better than a sharp one: the typicality argument of
-Nalisnick et al., 2019). The p-values are combined (the minimum, or Fisher's method; an attribute
-classifier's three face views folded into one first) and the combination is itself calibrated
-on the validation faces: an input is an outlier when its combined p-value is at most
-``contamination``, which flags that share of inliers (in expectation, for inputs exchangeable with
-the validation faces).
+held-out validation faces — two-sided for the reconstruction ratio and the pixel statistics,
+because an input can be atypical by being too easy to reconstruct (a blurred face reconstructs
+better than a sharp one: the typicality argument of Nalisnick et al., 2019). The p-values are
+combined (the three face views folded into one first; then the minimum, or Fisher's method) and
+the combination is itself calibrated on the validation faces: an input is an outlier when its
+combined p-value is at most ``contamination``, which flags that share of inliers (in expectation,
+for inputs exchangeable with the validation faces).
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ from debias.model import DBVAE, kl_divergence
 from debias.resample import LatentHistogram
 
 PValueCombine = Literal["fisher", "min"]
-# Combined components and whether each is judged on both tails (True) or the upper one only.
+# Whether each component is judged on both tails (True) or the upper one only.
 TWO_SIDED = {
     "reconstruction": True,
     "mahalanobis": True,
@@ -71,7 +70,6 @@ TWO_SIDED = {
     "sharpness": True,
     "blockiness": True,
 }
-COMBINED = tuple(TWO_SIDED)
 RARITY = "density"
 CLUSTER = "latent_cluster"  # the k-means cluster a face is calibrated in, with calibration_clusters
 JPEG_BLOCK = 8
@@ -101,8 +99,8 @@ def pixel_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
-# The components that tell non-faces apart for a model with no face class, Fisher-combined into
-# one p-value (module docstring); the first two read the encoder's layers.
+# The three views of "is this a face?", Fisher-combined into one p-value (module docstring); the
+# first two read the encoder's layers.
 FACE_EVIDENCE = ("hidden_features", "conv_lof", "reconstruction_ratio")
 FEATURES = ("hidden_features", "conv_lof")
 NEIGHBOURS = 10  # conv_lof's k: 50 measured alike (scene crops 0.988 and 0.987, utk-age seed 1)
@@ -588,16 +586,13 @@ class LatentOutlierDetector:
         self.histogram_ = self.density or LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
             torch.from_numpy(mu_train)
         )
-        # A detection model's face class tells non-faces apart; an attribute classifier has none,
-        # and the face evidence takes that part. Both together dilute the minimum (occluded
-        # faces: AUROC 0.976 -> 0.952 on utk-detect), and beside the evidence the latent
-        # components only dilute it too (scene crops on utk-gender: 0.984 with the evidence and
-        # the pixel statistics alone, 0.974 with mahalanobis and kl as well;
-        # benchmarks/experiments/outlier-features.md)
-        if self.positive is not None:
-            self.components_ = [c for c in COMBINED if c not in FACE_EVIDENCE]
-        else:
-            self.components_ = [*FACE_EVIDENCE, "sharpness", "blockiness"]
+        # The folded face evidence and the pixel statistics, and a detection model's face class
+        # beside them. The latent components only dilute the minimum next to the evidence (scene
+        # crops on utk-gender: 0.984 without them, 0.974 with mahalanobis and kl; occlusion s3 on
+        # utk-detect 0.984 and 0.974 without, 0.949 and 0.946 with them and no evidence, seeds 0
+        # and 1; benchmarks/experiments/outlier-features.md)
+        face_class = ["not_face"] if self.positive is not None else []
+        self.components_ = [*face_class, *FACE_EVIDENCE, "sharpness", "blockiness"]
         self.clusters_ = None
         if self.calibration_clusters > 0 and calibration_groups is None:
             self.clusters_ = KMeans(

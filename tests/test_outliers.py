@@ -126,9 +126,10 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
     detector = fit_detector(run, OutlierConfig(model=str(run), data=str(data), device="cpu"))
     # pyod's attributes after fit
     assert isinstance(detector, LatentOutlierDetector)
-    # A detection model: its face class, not its features, tells non-faces apart.
+    # A detection model: its face class beside the face views and the pixel statistics.
     assert detector.components_ == [
-        "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness",
+        "not_face", "hidden_features", "conv_lof", "reconstruction_ratio", "sharpness",
+        "blockiness",
     ]  # fmt: skip
     assert len(detector.decision_scores_) == detector.n_calibration_ == len(detector.labels_) == 60
     assert set(np.unique(detector.labels_)) <= {0, 1} and np.isfinite(detector.threshold_)
@@ -159,7 +160,8 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
         assert roc_auc_score(y, s) > floor, component
     table = detector.score_table(faces[:10])
     assert list(table.columns) == [
-        "reconstruction", "mahalanobis", "kl", "not_face", "sharpness", "blockiness", "density",
+        "not_face", "hidden_features", "conv_lof", "reconstruction_ratio", "sharpness",
+        "blockiness", "density",
         "combined", "p_value", "is_outlier", "calibrated_on", "rare_p_value", "is_rare",
     ]  # fmt: skip
     assert (table["is_outlier"] == (table["p_value"] <= 0.05)).all()
@@ -244,7 +246,7 @@ def test_outliers_cli_job_streams_and_reports_unreadable(
     assert broken["is_outlier"] and broken["reason"]
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["calibration_size"] == 60 and summary["target_false_flag_rate"] == 0.05
-    assert len(summary["model_sha256"]) == 64 and "reconstruction" in summary["definitions"]
+    assert len(summary["model_sha256"]) == 64 and "conv_lof" in summary["definitions"]
     assert summary["n_unreadable"] == 1
     noise = report.evaluation["types"]["noise"]
     assert noise["auroc"] >= 0.75 and report.evaluation["n_inliers"] == 40  # tiny model

@@ -37,27 +37,22 @@ from debias.progress import Listener, SilentListener
 INLIER_VALUES = ("inlier", "normal", "in")
 MAX_TRAIN_IMAGES = 20_000  # the latent mean and covariance settle long before this
 DEFINITIONS = {
-    "reconstruction": "mean absolute pixel error of the image decoded from its latent mean",
-    "mahalanobis": "squared Mahalanobis distance of the latent mean to the training latents "
-    "(Ledoit-Wolf covariance)",
-    "kl": "KL divergence of the encoder's posterior from the N(0, I) prior",
     "not_face": "1 - p(positive class) from the classifier head (detection models)",
     "hidden_features": "squared Mahalanobis distance of the encoder's hidden layer to the "
-    "training faces' (Ledoit-Wolf covariance; models with no face class)",
+    "training faces' (Ledoit-Wolf covariance)",
     "conv_lof": "distance of the last conv block's map (L2-normalised) to its 10th nearest "
-    "among the training faces', over those faces' own (local outlier factor; models with no "
-    "face class)",
+    "among the training faces', over those faces' own (local outlier factor)",
     "reconstruction_ratio": "log of the reconstruction error over that of the image averaged to "
-    "4 x 4 pixels and blown up (models with no face class)",
+    "4 x 4 pixels and blown up",
     "sharpness": "log mean absolute Laplacian of the grey image (two-sided: blur and noise)",
     "blockiness": "log ratio of gradients across 8x8 JPEG block edges to those elsewhere "
     "(two-sided)",
     "density": "minus the histogram log-density of the latent mean under the training faces, plus "
     "one empty bin's cost per bin width outside the training range (rarity, not combined)",
     "combined": "-log of the smallest (or Fisher's -2 sum log) of the components' conformal "
-    "p-values against the validation faces; two-sided for reconstruction, mahalanobis, kl, "
-    "reconstruction_ratio, sharpness and blockiness; hidden_features, conv_lof and "
-    "reconstruction_ratio are first combined into one p-value by Fisher's method",
+    "p-values against the validation faces (two-sided for reconstruction_ratio, sharpness and "
+    "blockiness); hidden_features, conv_lof and reconstruction_ratio are first combined into one "
+    "p-value by Fisher's method",
     "p_value": "conformal p-value of the combined score against the validation faces; "
     "is_outlier iff p_value <= contamination",
 }
