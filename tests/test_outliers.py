@@ -520,8 +520,8 @@ def test_attribute_run_tells_non_faces_by_its_face_evidence(tmp_path: Path) -> N
     scenes = both.images[both.y == both.classes.index("not_face")]
     inlier, outlier = detector.decision_function(faces), detector.decision_function(scenes)
     y = np.r_[np.zeros(len(faces)), np.ones(len(scenes))]
-    # 0.96 on this 3-epoch run; the real-face benchmark sets the real bar (scene crops).
-    assert roc_auc_score(y, np.r_[inlier, outlier]) >= 0.92
+    # 0.98 on this 3-epoch run; the real-face benchmark sets the real bar (scene crops).
+    assert roc_auc_score(y, np.r_[inlier, outlier]) >= 0.95
     for component in ("hidden_features", "conv_lof", "reconstruction_ratio"):
         own = detector.score_components(faces)[component]
         other = detector.score_components(scenes)[component]
