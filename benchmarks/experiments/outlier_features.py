@@ -10,7 +10,8 @@ validation faces:
 Variants: the minimum over every component before this issue's change (latent components,
 pooled conv channels, hidden layer, pixel statistics); the three views in the minimum unfolded;
 and the three views Fisher-combined first with, as the conv view, the residual off the faces'
-100 principal axes, the plain k-th neighbour distance, or the local outlier factor (k = 10, 50).
+100 principal axes, the plain k-th neighbour distance, or the local outlier factor (k = 10, 50);
+and the last with the classifier's energy or maximum softmax probability folded in too.
 """
 
 import sys
@@ -85,11 +86,23 @@ def extra(images: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+@torch.no_grad()
+def confidence(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The classifier's own OOD scores: energy (Liu et al., 2020) and max softmax, negated."""
+    energy, top = [], []
+    for s in range(0, len(images), 512):
+        x = preprocess(torch.from_numpy(images[s : s + 512]))
+        logits = model.encoder(x)[:, : model.num_classes]
+        energy.append(-torch.logsumexp(logits, 1))
+        top.append(-torch.softmax(logits, 1).max(1).values)
+    return {"energy": torch.cat(energy).double().numpy(), "msp": torch.cat(top).double().numpy()}
+
+
 def scored(images: np.ndarray) -> dict[str, np.ndarray]:
-    return {**detector.score_components(images), **extra(images)}
+    return {**detector.score_components(images), **extra(images), **confidence(images)}
 
 
-sides = {**O.TWO_SIDED, **{c: False for c in extra(faces[:20])}}
+sides = {**O.TWO_SIDED, **{c: False for c in [*extra(faces[:20]), "energy", "msp"]}}
 views = ["hidden_features", "reconstruction_ratio"]
 pixels = ["sharpness", "blockiness"]
 variants = {
@@ -103,6 +116,14 @@ variants = {
     "folded, conv kNN k=50": ([*views, "conv_knn50", *pixels], [*views, "conv_knn50"]),
     "folded, conv LOF k=10": ([*views, "conv_lof10", *pixels], [*views, "conv_lof10"]),
     "folded, conv LOF k=50": ([*views, "conv_lof50", *pixels], [*views, "conv_lof50"]),
+    "folded, LOF k=10 + energy": (
+        [*views, "conv_lof10", "energy", *pixels],
+        [*views, "conv_lof10", "energy"],
+    ),
+    "folded, LOF k=10 + max softmax": (
+        [*views, "conv_lof10", "msp", *pixels],
+        [*views, "conv_lof10", "msp"],
+    ),
 }
 calibration, inliers = scored(val), scored(faces)
 outliers = {name: scored(images) for name, images in sets.items()}
