@@ -67,15 +67,17 @@ def test_false_flag_rate_holds_when_components_are_folded_first() -> None:
     # minimum with two more: the calibration faces must be folded as the new inputs are (each
     # against the others), or the threshold sits on another scale (not folding them: 0.034).
     rng = np.random.default_rng(1)
-    rates = []
-    for _ in range(100):
-        shared = rng.normal(size=(1, 4300))
-        scores = np.exp(shared + rng.normal(size=(5, 4300)))
-        calibration, new = list(scores[:, :300]), list(scores[:, 300:])
-        sides, fold = [False, False, True, True, True], [True, True, True, False, False]
-        _, threshold = calibrate(calibration, "min", 0.05, sides, fold)
-        rates.append((combined_scores(calibration, new, "min", sides, fold) > threshold).mean())
-    assert 0.046 < np.mean(rates) < 0.053, np.mean(rates)
+    sides, fold = [False, False, True, True, True], [True, True, True, False, False]
+    for combine in ("min", "fisher"):
+        rates = []
+        for _ in range(100):
+            shared = rng.normal(size=(1, 4300))
+            scores = np.exp(shared + rng.normal(size=(5, 4300)))
+            calibration, new = list(scores[:, :300]), list(scores[:, 300:])
+            _, threshold = calibrate(calibration, combine, 0.05, sides, fold)
+            combined = combined_scores(calibration, new, combine, sides, fold)
+            rates.append((combined > threshold).mean())
+        assert 0.046 < np.mean(rates) < 0.053, (combine, np.mean(rates))
 
 
 def test_local_outlier_factor_does_not_flag_a_sparse_group() -> None:
