@@ -361,7 +361,8 @@ def test_evaluation_does_not_read_a_docstring(tmp_path: Path, monkeypatch) -> No
     )
     labels = tmp_path / "types.csv"
     labels.write_text("path,type\na.png,inlier\nb.png,inlier\nc.png,noise\nd.png,noise\n")
-    result = job.evaluate(table, labels, SimpleNamespace(contamination=0.05), ["inlier"])
+    kinds = job._kinds(table, labels)
+    result = job.evaluate(table, kinds, SimpleNamespace(contamination=0.05), ["inlier"])
     assert result["convention"] == job.EVALUATION_CONVENTION
     assert result["types"]["noise"]["auroc"] == 1.0 and result["false_flag_rate"] == 0.0
 

@@ -31,12 +31,11 @@ from debias.training import resume, train
 INCOMING_FACES = 100  # held-out faces screened among the outliers; the rest calibrate
 
 
-def _incoming(test: Path, folder: Path, seed: int) -> Path:
-    """Make a folder of images to screen: test faces, non-faces, noise and flat images."""
+def _incoming(test: Path, faces: list[str], folder: Path, seed: int) -> Path:
+    """Make a folder of images to screen: test ``faces``, non-faces, noise and flat images."""
     folder.mkdir(parents=True, exist_ok=True)
-    labels = pd.read_csv(test / "labels.csv", keep_default_na=False)
     rows = []
-    for rel in labels["path"][:INCOMING_FACES]:
+    for rel in faces:
         name = f"face-{Path(rel).name}"
         Image.open(test / rel).save(folder / name)
         rows.append((name, "inlier"))
@@ -58,14 +57,13 @@ def _incoming(test: Path, folder: Path, seed: int) -> Path:
     return eval_csv
 
 
-def _calibration(test: Path, csv: Path) -> Path:
+def _calibration(test: Path, faces: list[str], csv: Path) -> Path:
     """List the held-out faces not screened: drawn like the incoming faces, unlike training's.
 
     The run's validation faces share the training faces' shortcut; the incoming faces do not,
     so a threshold calibrated on the validation faces flagged 20% of them for a 5% target.
     """
-    labels = pd.read_csv(test / "labels.csv", keep_default_na=False)
-    paths = [f"{test.name}/{rel}" for rel in labels["path"][INCOMING_FACES:]]
+    paths = [f"{test.name}/{rel}" for rel in faces]
     pd.DataFrame({"path": paths}).to_csv(csv, index=False)
     return csv
 
@@ -108,8 +106,11 @@ def write_demo(
         )
         write_shortcut_synthetic(data / "train", n_faces=1200, shortcut=0.95, seed=seed)
         write_shortcut_synthetic(data / "test", n_faces=600, shortcut=0.5, seed=seed + 1)
-    eval_csv = _incoming(data / "test", data / "incoming", seed)
-    calibration_csv = _calibration(data / "test", data / "calibration.csv")
+    held_out = pd.read_csv(data / "test" / "labels.csv", keep_default_na=False)["path"].tolist()
+    eval_csv = _incoming(data / "test", held_out[:INCOMING_FACES], data / "incoming", seed)
+    calibration_csv = _calibration(
+        data / "test", held_out[INCOMING_FACES:], data / "calibration.csv"
+    )
 
     runs = {}
     for step, (name, baseline) in enumerate((("baseline", True), ("dbvae", False)), start=2):

@@ -357,12 +357,11 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
     table.insert(1, "rank", np.arange(1, len(table) + 1))
     table = table.reset_index(drop=True)
 
-    evaluation = None
+    evaluation, inliers = None, None
     if config.eval_labels is not None:
-        evaluation = evaluate(table, config.eval_labels, detector, _inlier_values(config.model))
-    inliers = None
-    if config.eval_labels is not None:
-        inliers = _kinds(table, config.eval_labels).isin(_inlier_values(config.model))
+        kinds, inlier_values = _kinds(table, config.eval_labels), _inlier_values(config.model)
+        evaluation = evaluate(table, kinds, detector, inlier_values)
+        inliers = kinds.isin(inlier_values)
     by_group = flag_rates(table, screened, inliers)
     summary = _summary(config, detector, table, evaluation)
     summary["by_group"] = by_group
@@ -427,15 +426,15 @@ EVALUATION_CONVENTION = (
 
 def evaluate(
     table: pd.DataFrame,
-    eval_labels: str | Path,
+    kind: pd.Series,
     detector: LatentOutlierDetector,
     inlier_values: list[str],
 ) -> dict[str, Any]:
-    """AUROC, AUPR and rates per outlier type, from a CSV of ``path`` and ``type``/``label``.
+    """AUROC, AUPR and rates per outlier type, given each scored row's type.
 
-    The result's ``convention`` says how to read it (:data:`EVALUATION_CONVENTION`).
+    ``kind`` comes from :func:`_kinds` (the evaluation CSV's ``type``/``label`` per row, NaN when
+    not listed). The result's ``convention`` says how to read it (:data:`EVALUATION_CONVENTION`).
     """
-    kind = _kinds(table, eval_labels)
     inlier = kind.isin(inlier_values)
     scored = table["combined"].notna() & kind.notna()
     result: dict[str, Any] = {
@@ -473,7 +472,7 @@ def _inlier_values(run_dir: str | Path) -> list[str]:
 def _kinds(table: pd.DataFrame, eval_labels: str | Path) -> pd.Series:
     """Each scored row's type from a CSV of ``path`` and ``type``/``label`` (NaN: not listed)."""
     csv = Path(eval_labels)
-    labels = with_path_column(read_csv_table(csv), csv)
+    labels = _listed_table(csv)
     column = "type" if "type" in labels.columns else "label" if "label" in labels.columns else None
     if column is None:
         raise errors.DataError(
@@ -484,8 +483,7 @@ def _kinds(table: pd.DataFrame, eval_labels: str | Path) -> pd.Series:
                 fix="Give the type (inlier, or the outlier type) of each image in a 'type' column.",
             )
         )
-    kinds = dict(zip(relative_paths(csv, labels["path"]), labels[column], strict=True))
-    return table["path"].map(kinds)
+    return table["path"].map(dict(zip(labels["path"], labels[column], strict=True)))
 
 
 FLAG_CI = 0.95  # level of the flag-rate intervals (Clopper-Pearson: exact for a binomial)
