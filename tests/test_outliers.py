@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -160,6 +161,10 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
         y = np.r_[np.zeros(len(faces)), np.ones(len(scenes))]
         s = np.r_[face_scores[component], scene_scores[component]]
         assert roc_auc_score(y, s) > floor, component
+    # Each view is averaged over the image and its mirror image, so mirroring changes none.
+    mirrored = detector.score_components(np.ascontiguousarray(faces[:, :, :, ::-1]))
+    for component in ("hidden_features", "conv_lof", "reconstruction_ratio"):
+        np.testing.assert_allclose(mirrored[component], face_scores[component], rtol=1e-5)
     table = detector.score_table(faces[:10])
     assert list(table.columns) == [
         "not_face", "hidden_features", "conv_lof", "reconstruction_ratio", "sharpness",
@@ -192,6 +197,15 @@ def test_detector_fit_holds_out_calibration_faces_and_keeps_the_model_mode(
     model.eval()
     again = LatentOutlierDetector(model, positive=0, calibration_fraction=0.2).fit(faces)
     np.testing.assert_allclose(detector.decision_scores_, again.decision_scores_)
+    # Calibrating again on scores alone: the same faces give the same threshold, other faces
+    # another one, and nothing is scored again (the model is not needed).
+    scores = detector.calibration_
+    same = copy.copy(detector).fit_calibration(scores)
+    assert same.threshold_ == detector.threshold_ and same.n_calibration_ == 20
+    fewer = copy.copy(detector)
+    fewer.model = None
+    fewer.fit_calibration({c: v[:18] for c, v in scores.items()})
+    assert fewer.n_calibration_ == 18 and fewer.threshold_ == np.inf  # 18 cannot flag 5%
 
 
 def test_rare_faces_are_rare_not_outliers(synth_run: tuple[Path, Path]) -> None:
@@ -414,17 +428,7 @@ def _detector_on(calibration: dict[str, np.ndarray], groups: np.ndarray | None):
 
     detector = LatentOutlierDetector(model=None, contamination=0.05)  # type: ignore[arg-type]
     detector.components_ = ["reconstruction", "mahalanobis"]
-    detector.calibration_ = {**calibration, RARITY: calibration["reconstruction"]}
-    pooled = detector._calibrate(detector.calibration_)
-    detector.decision_scores_, detector.threshold_ = pooled.decision_scores, pooled.threshold
-    detector.n_calibration_ = pooled.n
-    detector.group_calibration_, detector.small_groups_ = {}, {}
-    for name in sorted(set(groups)) if groups is not None else []:
-        rows = groups == name
-        detector.group_calibration_[name] = detector._calibrate(
-            {c: v[rows] for c, v in detector.calibration_.items()}
-        )
-    return detector
+    return detector.fit_calibration({**calibration, RARITY: calibration["reconstruction"]}, groups)
 
 
 def test_group_conditional_calibration_keeps_each_groups_rate_at_the_target() -> None:

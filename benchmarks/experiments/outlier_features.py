@@ -31,6 +31,8 @@ from debias import outliers as O  # noqa: E402
 from debias import runfolder  # noqa: E402
 from debias.data import decode_images  # noqa: E402
 from debias.jobs.outliers import OutlierConfig, fit_detector  # noqa: E402
+
+O.MIRROR = False  # as recorded: before the views were averaged over mirror images
 from debias.model import preprocess  # noqa: E402
 
 torch.set_num_threads(1)
