@@ -10,42 +10,21 @@ calibrated on the run's validation faces:
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import outliers as bench  # noqa: E402  (benchmarks/outliers.py: the same outlier sets)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prototype import cached_run, judge  # noqa: E402
 
 from debias import outliers as O  # noqa: E402
-from debias.data import decode_images  # noqa: E402
-from debias.jobs.outliers import OutlierConfig, fit_detector  # noqa: E402
 
 O.MIRROR = False  # as recorded: before the views were averaged over mirror images
-
 torch.set_num_threads(1)
-D = Path("../shared/data")
 seed = int(sys.argv[1])
-run = Path(f"benchmarks/out/outliers/runs/utk-detect-seed{seed}")
-det = fit_detector(run, OutlierConfig(model=str(run), data=".", device="cpu"))
-test = pd.read_csv(D / "utk-detect-test.csv", keep_default_na=False)
-fr = test[test.label != "not_face"]
-faces = decode_images([str(D / p) for p in fr.path], 64)[0]
-races = fr.race.to_numpy()
-sets = bench.outlier_sets(D, "utk-detect", faces, seed)
-sets = {
-    k: sets[k]
-    for k in (
-        "scene crops",
-        "occlusion s2",
-        "occlusion s3",
-        "noise s1",
-        "blur s2",
-        "jpeg s1",
-        "uniform noise",
-    )
-}
+keep = ("scene crops", "occlusion s2", "occlusion s3", "noise s1", "blur s2", "jpeg s1",
+        "uniform noise")  # fmt: skip
+cached = cached_run("utk-detect", seed, keep)
+det, faces, races, sets = cached.detector, cached.faces, cached.races, cached.sets
 cal, inl = det.calibration_, det.score_components(faces)
 outs = {k: det.score_components(v) for k, v in sets.items()}
 views = ["hidden_features", "conv_lof", "reconstruction_ratio"]
@@ -60,18 +39,9 @@ variants = {
     ),
     "fold not_face+views, +latent": (base + views, ["not_face", *views]),
 }
-rows = []
-for vn, (names, fold) in variants.items():
-    c = [cal[n] for n in names]
-    two = [O.TWO_SIDED[n] for n in names]
-    f = [n in fold for n in names]
-    _, thr = O.calibrate(c, "min", 0.05, two, f)
-    si = O.combined_scores(c, [inl[n] for n in names], "min", two, f)
-    r = {"variant": vn}
-    for k, sc in outs.items():
-        so = O.combined_scores(c, [sc[n] for n in names], "min", two, f)
-        r[k] = round(roc_auc_score(np.r_[np.zeros(len(si)), np.ones(len(so))], np.r_[si, so]), 4)
-    r["ffr by race"] = " ".join(f"{(si[races == x] > thr).mean():.3f}" for x in sorted(set(races)))
-    rows.append(r)
+rows = [
+    {"variant": vn, **judge(cal, inl, outs, races, names, fold, O.TWO_SIDED)}
+    for vn, (names, fold) in variants.items()
+]
 pd.set_option("display.width", 250)
-print(pd.DataFrame(rows).set_index("variant").to_string())
+print(pd.DataFrame(rows).set_index("variant").round(4).to_string())

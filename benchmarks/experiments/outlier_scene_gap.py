@@ -21,33 +21,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import outliers as bench  # noqa: E402  (benchmarks/outliers.py: the same outlier sets)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prototype import cached_run, judge  # noqa: E402
 
 from debias import outliers as O  # noqa: E402
-from debias import runfolder  # noqa: E402
-from debias.data import decode_images  # noqa: E402
-from debias.jobs.outliers import OutlierConfig, fit_detector  # noqa: E402
 
 O.MIRROR = False  # the kept detector as it was; this script mirrors the views itself
-
 torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
-DATA = Path("../shared/data")
 task, seed = sys.argv[1], int(sys.argv[2])
-run = Path(f"benchmarks/out/outliers/runs/{task}-seed{seed}")
-detector = fit_detector(run, OutlierConfig(model=str(run), data=".", device="cpu"))
+cached = cached_run(task, seed, keep=("scene crops", "occlusion s3"))
+detector, faces, races, sets = cached.detector, cached.faces, cached.races, cached.sets
 model = detector.model.eval()
-samples = runfolder.read_samples(run)
-train = decode_images(samples.loc[samples.split == "train", "path"].tolist(), 64)[0]
-val = decode_images(samples.loc[samples.split == "val", "path"].tolist(), 64)[0]
-test = pd.read_csv(DATA / f"{task}-test.csv", keep_default_na=False)
-faces_rows = test[test.label != "not_face"]
-faces = decode_images([str(DATA / p) for p in faces_rows.path], 64)[0]
-races = faces_rows.race.to_numpy()
-sets = bench.outlier_sets(DATA, task, faces, seed)
-sets = {name: sets[name] for name in ("scene crops", "occlusion s3")}
+train, val = cached.split("train"), cached.split("val")
 
 
 def features(images: np.ndarray) -> dict[str, torch.Tensor]:
@@ -89,6 +75,7 @@ sides = {
     "conv_lof_tta": False,
     "reconstruction_ratio_tta": True,
     "hidden_lof_tta": False,
+    "conv_half_lof_tta": False,
 }
 kept = ["hidden_features", "conv_lof", "reconstruction_ratio"]
 pixels = ["sharpness", "blockiness"]
@@ -109,20 +96,12 @@ variants = {
 }
 calibration, inliers = scored(val), scored(faces)
 outliers = {name: scored(images) for name, images in sets.items()}
-rows = []
-for variant, fold in variants.items():
-    names = [*fold, *pixels]
-    cal = [calibration[c] for c in names]
-    two, folded = [sides[c] for c in names], [c in fold for c in names]
-    _, threshold = O.calibrate(cal, "min", 0.05, two, folded)
-    inlier = O.combined_scores(cal, [inliers[c] for c in names], "min", two, folded)
-    row = {"variant": variant}
-    for name, scores in outliers.items():
-        outlier = O.combined_scores(cal, [scores[c] for c in names], "min", two, folded)
-        y = np.r_[np.zeros(len(inlier)), np.ones(len(outlier))]
-        row[name] = round(roc_auc_score(y, np.r_[inlier, outlier]), 4)
-    for race in sorted(set(races)):
-        row[race] = round(float((inlier[races == race] > threshold).mean()), 3)
-    rows.append(row)
+rows = [
+    {
+        "variant": variant,
+        **judge(calibration, inliers, outliers, races, [*fold, *pixels], fold, sides),
+    }
+    for variant, fold in variants.items()
+]
 print(f"{task} seed {seed}")
-print(pd.DataFrame(rows).set_index("variant").to_string())
+print(pd.DataFrame(rows).set_index("variant").round(4).to_string())

@@ -14,29 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, "benchmarks")
-import outliers as bench
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prototype import cached_run, judge  # noqa: E402
 
-from debias import outliers as O
-from debias import runfolder
-from debias.data import decode_images
-from debias.jobs.outliers import OutlierConfig, fit_detector
+from debias import outliers as O  # noqa: E402
 
 torch.set_num_threads(1)
-DATA = Path("../shared/data")
 task, seed = sys.argv[1], int(sys.argv[2])
-run = Path(f"benchmarks/out/outliers/runs/{task}-seed{seed}")
-det = fit_detector(run, OutlierConfig(model=str(run), data=".", device="cpu"))
-samples = runfolder.read_samples(run)
-val = decode_images(samples.loc[samples.split == "val", "path"].tolist(), 64)[0]
-test = pd.read_csv(DATA / f"{task}-test.csv", keep_default_na=False)
-rows = test[test.label != "not_face"]
-faces = decode_images([str(DATA / p) for p in rows.path], 64)[0]
-races = rows.race.to_numpy()
-sets = bench.outlier_sets(DATA, task, faces, seed)
-sets = {n: sets[n] for n in ("scene crops", "occlusion s3")}
+cached = cached_run(task, seed, keep=("scene crops", "occlusion s3"))
+det, faces, races, sets = cached.detector, cached.faces, cached.races, cached.sets
+val = cached.split("val")
 
 
 def shifted(images, dy, dx):
@@ -58,18 +46,13 @@ def scored(images):
 
 cal, inl = scored(val), scored(faces)
 outs = {n: scored(v) for n, v in sets.items()}
+sides = {f"{c}{tag}": O.TWO_SIDED[c] for c in O.TWO_SIDED for tag in ("", "_s3", "_s5")}
+rows = []
 for tag in ("", "_s3", "_s5"):
-    names = [f"{c}{tag}" for c in O.FACE_EVIDENCE] + ["sharpness", "blockiness"]
-    two = [O.TWO_SIDED[c] for c in O.FACE_EVIDENCE] + [True, True]
-    fold = [True, True, True, False, False]
-    c = [cal[n] for n in names]
-    _, thr = O.calibrate(c, "min", 0.05, two, fold)
-    i = O.combined_scores(c, [inl[n] for n in names], "min", two, fold)
-    row = [tag or "mirror only"]
-    for n, sc in outs.items():
-        o = O.combined_scores(c, [sc[k] for k in names], "min", two, fold)
-        row.append(
-            f"{n} {roc_auc_score(np.r_[np.zeros(len(i)), np.ones(len(o))], np.r_[i, o]):.4f}"
-        )
-    row.append(" ".join(f"{r} {(i[races == r] > thr).mean():.3f}" for r in sorted(set(races))))
-    print(task, seed, *row, flush=True)
+    fold = [f"{c}{tag}" for c in O.FACE_EVIDENCE]
+    names = [*fold, "sharpness", "blockiness"]
+    rows.append(
+        {"copies": tag or "mirror only", **judge(cal, inl, outs, races, names, fold, sides)}
+    )
+print(f"{task} seed {seed}")
+print(pd.DataFrame(rows).set_index("copies").round(4).to_string())
