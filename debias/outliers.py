@@ -501,11 +501,13 @@ class LatentOutlierDetector:
     mean_, precision_ : numpy.ndarray
         Mean and shrunk inverse covariance of the training latents.
     hidden_stats_ : tuple of numpy.ndarray
-        The same for the encoder's hidden layer.
+        The same for the encoder's hidden layer, over the training faces and (with
+        :data:`MIRROR`) their mirror images.
     conv_bank_ : torch.Tensor
-        The training faces' last conv maps, flattened and L2-normalised, ``(N, D)``.
+        The training faces' last conv maps, flattened and L2-normalised, ``(V N, D)``: with
+        :data:`MIRROR` (V = 2) the mirror images' maps follow the faces'.
     conv_radius_ : torch.Tensor
-        Each of those faces' distance to its NEIGHBOURS-th nearest other face, ``(N,)``.
+        Each of those maps' distance to its NEIGHBOURS-th nearest other map, ``(V N,)``.
     histogram_ : LatentHistogram
         Latent density of the training faces.
     calibration_ : dict of str to numpy.ndarray
@@ -600,15 +602,18 @@ class LatentOutlierDetector:
             calibration, X = X[np.sort(order[:n_cal])], X[np.sort(order[n_cal:])]
         device = self.device or torch.device("cpu")
         _, mu_train, features = raw_scores(
-            self.model, X, positive=None, device=device, on_advance=on_advance
+            self.model, X, positive=None, device=device, mirror=MIRROR, on_advance=on_advance
         )
         self.mean_ = mu_train.mean(axis=0)
         self.precision_ = LedoitWolf().fit(mu_train).precision_
-        hidden = features["hidden_features"][0]
+        # The views' reference holds the training faces and their mirror images, as training saw
+        # them (V N rows): scene crops 0.9885 -> 0.9906 on utk-gender, 3 seeds; Black faces'
+        # validation-calibrated false-flag rate 0.079 -> 0.069 (outlier-features.md)
+        hidden = np.concatenate(list(features["hidden_features"]))  # (V N, D)
         self.hidden_stats_ = (hidden.mean(axis=0), LedoitWolf().fit(hidden).precision_)
-        self.conv_bank_ = _unit(torch.from_numpy(features["conv_lof"][0]))  # (N, D)
+        self.conv_bank_ = _unit(torch.from_numpy(np.concatenate(list(features["conv_lof"]))))
         own, _ = _neighbours(self.conv_bank_, self.conv_bank_, NEIGHBOURS, skip_self=True)
-        self.conv_radius_ = own[:, -1]  # (N,)
+        self.conv_radius_ = own[:, -1]  # (V N,)
         self.histogram_ = self.density or LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
             torch.from_numpy(mu_train)
         )

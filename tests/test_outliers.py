@@ -208,6 +208,32 @@ def test_detector_fit_holds_out_calibration_faces_and_keeps_the_model_mode(
     assert fewer.n_calibration_ == 18 and fewer.threshold_ == np.inf  # 18 cannot flag 5%
 
 
+def test_the_face_views_reference_holds_the_training_faces_mirror_images(
+    synth_run: tuple[Path, Path],
+) -> None:
+    from debias import load_data, load_model
+
+    data, run = synth_run
+    model, _ = load_model(run)
+    faces = load_data(data, image_size=32).images[:100]
+    train, calibration = faces[:80], faces[80:]
+    mirrored = np.ascontiguousarray(train[:, :, :, ::-1])
+    fits = [
+        LatentOutlierDetector(model, positive=0).fit(x, calibration=calibration)
+        for x in (train, mirrored)
+    ]
+    # Training flips faces, so the views' reference does too: fitted on the training faces or
+    # on their mirror images, the hidden layer's statistics and the conv bank are the same.
+    assert len(fits[0].conv_bank_) == 2 * len(train)
+    # float32 sums over the rows in another order
+    for a, b in zip(fits[0].hidden_stats_, fits[1].hidden_stats_, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    for component in ("hidden_features", "conv_lof"):
+        np.testing.assert_allclose(
+            fits[0].calibration_[component], fits[1].calibration_[component], rtol=1e-4
+        )
+
+
 def test_rare_faces_are_rare_not_outliers(synth_run: tuple[Path, Path]) -> None:
     data, run = synth_run
     detector = fit_detector(run, OutlierConfig(model=str(run), data=str(data), device="cpu"))
