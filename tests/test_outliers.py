@@ -182,14 +182,18 @@ def test_detector_contract_and_planted_outliers(synth_run: tuple[Path, Path], tm
     assert detector.decision_function(scenes).mean() > inlier.mean()
 
 
+def _model_and_faces(synth_run: tuple[Path, Path]) -> tuple[torch.nn.Module, np.ndarray]:
+    """The synthetic run's model and the first 100 of its images."""
+    from debias import load_data
+
+    data, run = synth_run
+    return load_model(run)[0], load_data(data, image_size=32).images[:100]
+
+
 def test_detector_fit_holds_out_calibration_faces_and_keeps_the_model_mode(
     synth_run: tuple[Path, Path],
 ) -> None:
-    from debias import load_data, load_model
-
-    data, run = synth_run
-    model, _ = load_model(run)
-    faces = load_data(data, image_size=32).images[:100]
+    model, faces = _model_and_faces(synth_run)
     model.train()  # as if the caller were still training it
     detector = LatentOutlierDetector(model, positive=0, calibration_fraction=0.2).fit(faces)
     assert model.training  # scoring ran in eval mode and gave the mode back
@@ -211,11 +215,7 @@ def test_detector_fit_holds_out_calibration_faces_and_keeps_the_model_mode(
 def test_the_face_views_reference_holds_the_training_faces_mirror_images(
     synth_run: tuple[Path, Path],
 ) -> None:
-    from debias import load_data, load_model
-
-    data, run = synth_run
-    model, _ = load_model(run)
-    faces = load_data(data, image_size=32).images[:100]
+    model, faces = _model_and_faces(synth_run)
     train, calibration = faces[:80], faces[80:]
     mirrored = np.ascontiguousarray(train[:, :, :, ::-1])
     fits = [
