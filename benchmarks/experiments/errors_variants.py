@@ -20,7 +20,7 @@ Prints the error set's composition per cell (before and after a release) and the
 test cell and mean of cells:
 
     SHARED_DATA=../shared/data OUT=/tmp/rel python benchmarks/experiments/errors_variants.py \
-        utk-age 0 1 release50    # task, seed, threads, variant
+        utk-age 0 1 release50    # task, seed, threads, variant (or plain)
 """
 
 import json
@@ -42,9 +42,12 @@ task, seed, threads, variant = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 
 torch.set_num_threads(threads)
 D = Path(os.environ.get("SHARED_DATA", "../shared/data"))
 OUT = Path(os.environ.get("OUT", "/tmp/rel"))
-if variant not in ("share50", "release50", "persist50", "mix50"):
+# A variant is a rule and the error set's share of its class's draws in percent (mix75), or
+# plain: the plain classifier, to pair the others with.
+rule, percent = variant.rstrip("0123456789"), variant[len(variant.rstrip("0123456789")) :]
+if not (variant == "plain" or (rule in ("share", "release", "persist", "mix") and percent)):
     sys.exit(f"unknown variant {variant!r}")
-SHARE = 0.5  # every variant's error set gets half of its class's draws
+SHARE = int(percent) / 100 if percent else 0.5
 PERSIST = variant.startswith("persist")  # errors: wrong after 1, 2 and 3 epochs alike
 RELEASE = 6 if variant.startswith("release") else None  # epoch of the second look
 MIX = variant.startswith("mix")
@@ -128,12 +131,13 @@ def mixed(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 run = OUT / f"runs/{task}-{variant}-s{seed}"
 config = TrainConfig(
     labels=str(D / f"{task}-train.csv"), out=str(run), epochs=12, seed=seed, groups=groups,
-    weighting="errors+rarity", error_share=SHARE,
+    weighting="errors+rarity", error_share=SHARE, baseline=variant == "plain",
 )  # fmt: skip
 real = training.weighting_for
-training.weighting_for = lambda c: Releasing(
-    c.error_epoch, c.error_share, real(c).within, release=RELEASE
-)
+if variant != "plain":
+    training.weighting_for = lambda c: Releasing(
+        c.error_epoch, c.error_share, real(c).within, release=RELEASE
+    )
 data_y = load_data(labels=config.labels, groups=groups, image_size=64).y
 batches, augment, epoch_view = training.batches, training.augment, training._epoch_view
 if MIX:
