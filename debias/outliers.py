@@ -106,7 +106,8 @@ FEATURES = ("hidden_features", "conv_lof")
 NEIGHBOURS = 10  # conv_lof's k: 50 measured alike (scene crops 0.988 and 0.987, utk-age seed 1)
 LOW_RES = 4  # side of the generic model's image: a face's layout, none of its features
 # Score the face evidence on each image and its mirror image and average: scene crops 0.988 -> 0.990
-# (utk-age) and 0.987 -> 0.988 (utk-gender), 3 seeds (benchmarks/experiments/outlier-features.md)
+# (utk-age) and 0.987 -> 0.988 (utk-gender), 3 seeds (benchmarks/experiments/outlier-features.md);
+# the training faces' mirror images join the views' reference too (LatentOutlierDetector.fit)
 MIRROR = True
 
 

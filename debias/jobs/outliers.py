@@ -39,10 +39,11 @@ MAX_TRAIN_IMAGES = 20_000  # the latent mean and covariance settle long before t
 DEFINITIONS = {
     "not_face": "1 - p(positive class) from the classifier head (detection models)",
     "hidden_features": "squared Mahalanobis distance of the encoder's hidden layer to the "
-    "training faces' (Ledoit-Wolf covariance), averaged over the image and its mirror image",
+    "training faces' and their mirror images' (Ledoit-Wolf covariance), averaged over the image "
+    "and its mirror image",
     "conv_lof": "distance of the last conv block's map (L2-normalised) to its 10th nearest "
-    "among the training faces', over those faces' own (local outlier factor), averaged over the "
-    "image and its mirror image",
+    "among the training faces' and their mirror images', over those maps' own (local outlier "
+    "factor), averaged over the image and its mirror image",
     "reconstruction_ratio": "log of the reconstruction error over that of the image averaged to "
     "4 x 4 pixels and blown up, averaged over the image and its mirror image",
     "sharpness": "log mean absolute Laplacian of the grey image (two-sided: blur and noise)",
