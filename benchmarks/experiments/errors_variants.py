@@ -64,8 +64,8 @@ held: dict[str, object] = {}  # the weighting, the training rows and the batch b
 
 
 @dataclass
-class Releasing(ErrorFeedback):
-    """ErrorFeedback whose error set drops, at ``release``, the faces still classified wrong."""
+class VariedErrorFeedback(ErrorFeedback):
+    """ErrorFeedback with PERSIST's filter, and a ``release`` of faces still classified wrong."""
 
     release: int | None = None
     persistent: np.ndarray | None = None
@@ -135,7 +135,7 @@ config = TrainConfig(
 )  # fmt: skip
 real = training.weighting_for
 if variant != "plain":
-    training.weighting_for = lambda c: Releasing(
+    training.weighting_for = lambda c: VariedErrorFeedback(
         c.error_epoch, c.error_share, real(c).within, release=RELEASE
     )
 data_y = load_data(labels=config.labels, groups=groups, image_size=64).y
