@@ -168,11 +168,13 @@ def _low_res_error(x: torch.Tensor) -> torch.Tensor:
     return (back - x).abs().mean(dim=(1, 2, 3))
 
 
-def _reconstruction_errors(model: DBVAE, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+def _reconstruction_errors(
+    model: DBVAE, x: torch.Tensor, mu: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction error ``(B,)`` of ``x`` ``(B, 3, S, S)`` and its log ratio to LOW_RES's."""
     error = (model.decoder(mu) - x).abs().mean(dim=(1, 2, 3)).float()  # (B,)
-    ratio = torch.log(error + 1e-4) - torch.log(_low_res_error(x.float()) + 1e-4)
-    return torch.stack([error, ratio])  # (2, B)
+    ratio = torch.log(error + 1e-4) - torch.log(_low_res_error(x.float()) + 1e-4)  # (B,)
+    return error, ratio
 
 
 @torch.no_grad()
