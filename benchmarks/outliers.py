@@ -98,6 +98,11 @@ def outlier_sets(data: Path, task: str, faces: np.ndarray, seed: int) -> dict[st
     return sets
 
 
+def rate_by_race(flagged: np.ndarray, races: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """Share of each race's faces flagged, ``flagged`` being the flags of ``races[rows]``."""
+    return {r: float(flagged[races[rows] == r].mean()) for r in sorted(set(races))}
+
+
 def run_seed(args: argparse.Namespace, seed: int, command: str) -> dict:
     out = Path(args.out)
     result_path = out / "results" / f"{args.task}-seed{seed}.json"
@@ -193,15 +198,12 @@ def run_seed(args: argparse.Namespace, seed: int, command: str) -> dict:
             flagged = redrawn.table_from_scores(
                 {c: v[~pick] for c, v in inlier.items()}, None if groups is None else groups[~pick]
             )["is_outlier"].to_numpy()
-            by_race_rate = {r: float(flagged[races[~pick] == r].mean()) for r in sorted(set(races))}
-            draws.append({"all": float(flagged.mean()), **by_race_rate})
+            draws.append({"all": float(flagged.mean()), **rate_by_race(flagged, races, ~pick)})
         record[f"false_flag_rate_{name}_draws"] = draws
     record["n_ffr"] = int(rest.sum())
     for name, flagged in flags.items():
         record[f"false_flag_rate_{name}"] = float(flagged.mean())
-        record[f"false_flag_rate_{name}_by_race"] = {
-            r: float(flagged[races[rest] == r].mean()) for r in sorted(set(races))
-        }
+        record[f"false_flag_rate_{name}_by_race"] = rate_by_race(flagged, races, rest)
     other = "fisher" if detector.combine == "min" else "min"
     record["combine"], record["other_combine"] = detector.combine, other
     combined_in = detector.combine_scores(inlier)
