@@ -185,6 +185,7 @@ def raw_scores(
     positive: int | None,
     device: torch.device,
     mirror: bool = False,
+    reconstruct: bool = True,
     on_advance: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """Per-image reconstruction, KL and 1 - p(positive) scores, latent means and features.
@@ -193,8 +194,10 @@ def raw_scores(
     encoder's intermediate features per layer of :data:`FEATURES`, ``(V, N, D)`` each, read by
     forward hooks in the same pass: V = 1, or with ``mirror`` V = 2, the second view being each
     image's mirror image (training flips faces, so a face's mirror is as much a face), whose
-    reconstruction ratio is averaged into ``reconstruction_ratio``. The model runs in eval mode
-    and is left in the mode it was in.
+    reconstruction ratio is averaged into ``reconstruction_ratio``. Without ``reconstruct`` the
+    decoder does not run and the two reconstruction scores are left out: fitting needs only the
+    latents and features, and decoding is most of the pass. The model runs in eval mode and is
+    left in the mode it was in.
     """
     out: dict[str, list[np.ndarray]] = {
         "reconstruction": [], "reconstruction_ratio": [], "kl": [], "not_face": []
@@ -212,19 +215,19 @@ def raw_scores(
     try:
         with eval_mode(model):
             for x, logits, mu, logvar in encoded_batches(model, images, None, device, on_advance):
-                error, ratio = _reconstruction_errors(model, x, mu)
-                ratios = [ratio]
                 for name in FEATURES:
                     features[name][0].append(caught[name].float().cpu().numpy())
+                seen = [(x, mu)]  # each view's images and latent means
                 if mirror:
                     flipped = x.flip(3)
-                    ratios.append(
-                        _reconstruction_errors(model, flipped, model.encode(flipped)[1])[1]
-                    )
+                    seen.append((flipped, model.encode(flipped)[1]))
                     for name in FEATURES:  # the hooks caught the mirror images' pass now
                         features[name][1].append(caught[name].float().cpu().numpy())
-                out["reconstruction"].append(error.cpu().numpy())
-                out["reconstruction_ratio"].append(torch.stack(ratios).mean(0).cpu().numpy())
+                if reconstruct:
+                    errors = [_reconstruction_errors(model, v, m) for v, m in seen]
+                    out["reconstruction"].append(errors[0][0].cpu().numpy())
+                    ratio = torch.stack([r for _, r in errors]).mean(0)  # (B,)
+                    out["reconstruction_ratio"].append(ratio.cpu().numpy())
                 out["kl"].append(kl_divergence(mu, logvar).cpu().numpy())
                 if positive is not None:
                     p = torch.softmax(logits.float(), dim=1)[:, positive]
@@ -605,7 +608,13 @@ class LatentOutlierDetector:
             calibration, X = X[np.sort(order[:n_cal])], X[np.sort(order[n_cal:])]
         device = self.device or torch.device("cpu")
         _, mu_train, features = raw_scores(
-            self.model, X, positive=None, device=device, mirror=MIRROR, on_advance=on_advance
+            self.model,
+            X,
+            positive=None,
+            device=device,
+            mirror=MIRROR,
+            reconstruct=False,
+            on_advance=on_advance,
         )
         self.mean_ = mu_train.mean(axis=0)
         self.precision_ = LedoitWolf().fit(mu_train).precision_
