@@ -15,6 +15,11 @@ accuracy. Three label-free ways to tell the two apart or soften the cost:
   class outside the error set (intra-label mixup between inferred domains, as LISA, Yao et al.
   2022, does with domain labels): a young man blended with a young woman is still young but no
   longer says which gender goes with it, and a mislabeled face is diluted by a correct one.
+- ``learn50`` (stop 19): a group's members teach each other, noise does not. At epoch 3 copies of
+  the model train one more epoch (classification loss only) with one random half of each class's
+  error set at half of its draws and the other half left out, and once with uniform draws (the
+  control); an error face is kept only if training on the *other* half raised its true-class
+  logit more than the control did (``benchmarks/experiments/learnable_errors.py`` is the probe).
 
 Prints the error set's composition per cell (before and after a release) and the run's worst
 test cell and mean of cells:
@@ -45,12 +50,14 @@ OUT = Path(os.environ.get("OUT", "/tmp/rel"))
 # A variant is a rule and the error set's share of its class's draws in percent (mix75), or
 # plain: the plain classifier, to pair the others with.
 rule, percent = variant.rstrip("0123456789"), variant[len(variant.rstrip("0123456789")) :]
-if not (variant == "plain" or (rule in ("share", "release", "persist", "mix") and percent)):
+RULES = ("share", "release", "persist", "mix", "learn")
+if not (variant == "plain" or (rule in RULES and percent)):
     sys.exit(f"unknown variant {variant!r}")
 SHARE = int(percent) / 100 if percent else 0.5
 PERSIST = variant.startswith("persist")  # errors: wrong after 1, 2 and 3 epochs alike
 RELEASE = 6 if variant.startswith("release") else None  # epoch of the second look
 MIX = variant.startswith("mix")
+LEARN = variant.startswith("learn")
 groups = ["race", "gender"]
 log: dict[str, dict[str, int]] = {}
 
@@ -79,6 +86,10 @@ class VariedErrorFeedback(ErrorFeedback):
             self.errors_ = view.encode_all()[1].argmax(1).numpy() != view.y
             log["epoch 3 errors"] = count(view, self.errors_)
             self.errors_ &= self.persistent
+        if LEARN and view.epoch == self.identify_epoch and self.errors_ is None:
+            self.errors_ = view.encode_all()[1].argmax(1).numpy() != view.y
+            log["epoch 3 errors"] = count(view, self.errors_)
+            self.errors_ &= learnable(self.errors_, view.y)
         weights = super().epoch_weights(view)
         if self.errors_ is not None and "identified" not in log:
             log["identified"] = count(view, self.errors_)
@@ -88,6 +99,45 @@ class VariedErrorFeedback(ErrorFeedback):
             log["kept"] = count(view, self.errors_)
             weights = super().epoch_weights(view)
         return weights
+
+
+def learnable(wrong: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Error faces whose true-class logit rises more from training on the other errors."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from debias.encode import encode
+    from debias.weighting import error_balanced
+
+    s = held["setup"]
+    gen = torch.Generator().manual_seed(seed + 1000)
+    fold = np.random.default_rng(seed).integers(0, 2, len(y))
+
+    def true_logit(weights: torch.Tensor) -> np.ndarray:
+        model = copy.deepcopy(s.model)
+        opt = torch.optim.Adam(model.parameters(), lr=s.scheduler.get_last_lr()[0])
+        opt.load_state_dict(s.optimizer.state_dict())
+        model.train()
+        draw = torch.multinomial(weights.double(), len(y), replacement=True, generator=gen).numpy()
+        for chunk, x in batches(s.data.images, s.train_idx[draw], s.config.batch_size):
+            logits = model.encode(augment(preprocess(x), gen))[0]
+            loss = F.cross_entropy(logits, torch.from_numpy(s.data.y[chunk]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _, probs = encode(model, s.data.images, s.train_idx, device=s.device)
+        p = probs[np.arange(len(y)), y].double().clamp(1e-4, 1 - 1e-4).numpy()
+        return np.log(p / (1 - p))
+
+    control = true_logit(torch.full((len(y),), 1.0 / len(y)))
+    gain = np.zeros(len(y))
+    for f in (0, 1):
+        inner = torch.from_numpy((fold == f) | ~wrong).double()  # the other half left out
+        logit = true_logit(error_balanced(inner, wrong & (fold == f), y, 0.5))
+        held_out = wrong & (fold != f)
+        gain[held_out] = logit[held_out] - control[held_out]
+    return gain > 0
 
 
 def count(view: EpochView, rows: np.ndarray) -> dict[str, int]:
@@ -103,6 +153,7 @@ def held_batches(images, idx, size):
 
 def held_view(s, epoch):
     held["train_idx"] = s.train_idx
+    held["setup"] = s
     return epoch_view(s, epoch)
 
 
@@ -140,6 +191,8 @@ if variant != "plain":
     )
 data_y = load_data(labels=config.labels, groups=groups, image_size=64).y
 batches, augment, epoch_view = training.batches, training.augment, training._epoch_view
+if LEARN:
+    training._epoch_view = held_view
 if MIX:
     training.batches, training.augment, training._epoch_view = held_batches, mixed, held_view
 shutil.rmtree(run, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""Probe (issue 14, stop 19): are a *bias-amplified* model's errors purer than a plain one's?
+
+Error feedback takes the faces a plain model gets wrong after 3 epochs. A plain model has learnt
+some of the real signal by then, so its errors mix the shortcut's exceptions with hard faces of
+the majority. Learning from Failure (Nam et al. 2020) trains its bias model with the generalised
+cross-entropy (GCE, Zhang & Sabuncu 2018), whose gradient is the cross-entropy's times p^q: it
+leans on what it already gets right, so it learns the easiest cue (the shortcut) and ignores
+the rest. A model that predicts by the shortcut alone gets every majority face right and every
+exception wrong, so its errors should be the exceptions, not the hard faces. DENEB (Ahn & Yun
+2022) scores by the entropy of the prediction instead of the loss: a mislabeled face is predicted
+confidently (the other class), a conflicting one should be uncertain.
+
+Trains a classifier-only DB-VAE encoder (no VAE loss) with CE or GCE(q) on the training split,
+the project's augmentation, batch and learning rate (constant), and after each epoch prints the
+share of the draws each cell would get if half of each class's draws went by a score (the error
+indicator, the entropy, its 4th power, 1 - p(true class)) and half were uniform:
+
+    SHARED_DATA=../shared/data python benchmarks/experiments/biased_errors.py utk-age 0 1 0.7 3
+    # task, seed, threads, q (0 = cross-entropy), epochs
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from debias import TrainConfig, load_data
+from debias.augment import augment
+from debias.encode import batches, encode
+from debias.model import DBVAE, preprocess
+from debias.training import split_indices
+
+task, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+q, epochs = float(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(threads)
+D = Path(os.environ.get("SHARED_DATA", "../shared/data"))
+config = TrainConfig()
+data = load_data(labels=str(D / f"{task}-train.csv"), groups=["race", "gender"], image_size=64)
+train_idx, _ = split_indices(data, config.val_fraction, seed)
+frame = data.frame.iloc[train_idx].reset_index(drop=True)
+y = data.y[train_idx]
+first = frame.label if task == "utk-age" else frame.race
+cells = (first.astype(str) + " " + frame.gender.astype(str)).to_numpy()
+torch.manual_seed(seed)
+model = DBVAE(len(data.classes), config.model)
+opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+rng = torch.Generator().manual_seed(seed)
+aug = torch.Generator().manual_seed(seed + 1)
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if q == 0:
+        return F.cross_entropy(logits, target)
+    p = torch.softmax(logits, 1).gather(1, target[:, None]).squeeze(1)
+    return ((1 - p.clamp_min(1e-6) ** q) / q).mean()  # GCE: CE's gradient times p^q
+
+
+for epoch in range(epochs):
+    model.train()
+    order = train_idx[torch.randperm(len(train_idx), generator=rng).numpy()]
+    for chunk, x in batches(data.images, order, config.batch_size):
+        logits = model.encode(augment(preprocess(x), aug))[0]
+        loss = loss_fn(logits, torch.from_numpy(data.y[chunk]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _, probs = encode(model, data.images, train_idx, device=torch.device("cpu"))
+    p_true = probs[np.arange(len(y)), y].numpy()
+    wrong = p_true < 0.5
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).numpy()
+    print(f"epoch {epoch + 1}: {wrong.sum()} errors of {len(y)}")
+    rules = {
+        "errors": np.where(wrong, 1.0, 0.0),
+        "entropy": entropy,
+        "entropy^4": entropy**4,
+        "1-p": 1 - p_true,
+    }
+    for name, score in rules.items():
+        # each class: half of its draws by the rule's score, half uniform (as share 0.5)
+        w = np.zeros(len(y))
+        for k in np.unique(y):
+            m = y == k
+            w[m] = (0.5 * score[m] / score[m].sum() + 0.5 / m.sum()) * m.mean()
+        print(
+            f"  {name:10s} "
+            + "  ".join(f"{c}: {w[cells == c].sum():.3f}" for c in sorted(set(cells)))
+        )
