@@ -1,10 +1,10 @@
-"""Prototype (issue 14, stop 18): three other uses of the epoch-3 error set.
+"""Prototype (issue 14, stops 18-19): other uses of the epoch-3 error set.
 
 Error feedback freezes the faces an epoch-3 plain model gets wrong and gives them a share of
 their class's draws (``share50``: half, latent rarity within, as `errors+rarity`). On `utk-age`
 those errors are partly the shortcut-breaking faces, a group a model can learn once it sees
 enough of them; on `utk-gender` they are hard or mislabeled faces, and upweighting them costs
-accuracy. Three label-free ways to tell the two apart or soften the cost:
+accuracy. Label-free ways to tell the two apart or soften the cost:
 
 - ``release50``: noisy labels are learned late (co-teaching's small-loss criterion), so at epoch
   ``RELEASE`` the model classifies the error set again and the faces it still gets wrong go back
@@ -15,11 +15,11 @@ accuracy. Three label-free ways to tell the two apart or soften the cost:
   class outside the error set (intra-label mixup between inferred domains, as LISA, Yao et al.
   2022, does with domain labels): a young man blended with a young woman is still young but no
   longer says which gender goes with it, and a mislabeled face is diluted by a correct one.
-- ``learn50`` (stop 19): a group's members teach each other, noise does not. At epoch 3 copies of
-  the model train one more epoch (classification loss only) with one random half of each class's
-  error set at half of its draws and the other half left out, and once with uniform draws (the
-  control); an error face is kept only if training on the *other* half raised its true-class
-  logit more than the control did (``benchmarks/experiments/learnable_errors.py`` is the probe).
+- ``learn50``, ``learn25`` (stop 19): a group's members teach each other, noise does not. At
+  epoch 3 copies of the model train one more epoch (classification loss only) with one random
+  half of each class's error set at half of its draws and the other half left out, and once with
+  uniform draws (the control); an error face is kept only if training on the *other* half raised
+  its true-class logit more than the control did (``learnable_errors.py`` is the probe).
 
 Prints the error set's composition per cell (before and after a release) and the run's worst
 test cell and mean of cells:
@@ -28,6 +28,7 @@ test cell and mean of cells:
         utk-age 0 1 release50    # task, seed, threads, variant (or plain)
 """
 
+import copy
 import json
 import os
 import shutil
@@ -37,11 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import debias.training as training
 from debias import TrainConfig, load_data, load_model, train
+from debias.encode import encode
 from debias.model import preprocess
-from debias.weighting import EpochView, EpochWeights, ErrorFeedback
+from debias.weighting import EpochView, EpochWeights, ErrorFeedback, error_balanced
 
 task, seed, threads, variant = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(threads)
@@ -103,13 +106,6 @@ class VariedErrorFeedback(ErrorFeedback):
 
 def learnable(wrong: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Error faces whose true-class logit rises more from training on the other errors."""
-    import copy
-
-    import torch.nn.functional as F
-
-    from debias.encode import encode
-    from debias.weighting import error_balanced
-
     s = held["setup"]
     gen = torch.Generator().manual_seed(seed + 1000)
     fold = np.random.default_rng(seed).integers(0, 2, len(y))
