@@ -19,31 +19,23 @@ indicator, the entropy, its 4th power, 1 - p(true class)) and half were uniform:
     # task, seed, threads, q (0 = cross-entropy), epochs
 """
 
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from error_probes import probe_data, train_epoch
 
-from debias import TrainConfig, load_data
-from debias.augment import augment
-from debias.encode import batches, encode
-from debias.model import DBVAE, preprocess
-from debias.training import split_indices
+from debias import TrainConfig
+from debias.encode import encode
+from debias.model import DBVAE
 
 task, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 q, epochs = float(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
-D = Path(os.environ.get("SHARED_DATA", "../shared/data"))
 config = TrainConfig()
-data = load_data(labels=str(D / f"{task}-train.csv"), groups=["race", "gender"], image_size=64)
-train_idx, _ = split_indices(data, config.val_fraction, seed)
-frame = data.frame.iloc[train_idx].reset_index(drop=True)
+data, train_idx, cells = probe_data(task, seed)
 y = data.y[train_idx]
-first = frame.label if task == "utk-age" else frame.race
-cells = (first.astype(str) + " " + frame.gender.astype(str)).to_numpy()
 torch.manual_seed(seed)
 model = DBVAE(len(data.classes), config.model)
 opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -59,14 +51,8 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 for epoch in range(epochs):
-    model.train()
     order = train_idx[torch.randperm(len(train_idx), generator=rng).numpy()]
-    for chunk, x in batches(data.images, order, config.batch_size):
-        logits = model.encode(augment(preprocess(x), aug))[0]
-        loss = loss_fn(logits, torch.from_numpy(data.y[chunk]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_epoch(model, opt, data, order, aug, loss_fn)
     _, probs = encode(model, data.images, train_idx, device=torch.device("cpu"))
     p_true = probs[np.arange(len(y)), y].numpy()
     wrong = p_true < 0.5

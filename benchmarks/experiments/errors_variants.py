@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from error_probes import train_epoch
 
 import debias.training as training
 from debias import TrainConfig, load_data, load_model, train
@@ -114,14 +114,8 @@ def learnable(wrong: np.ndarray, y: np.ndarray) -> np.ndarray:
         model = copy.deepcopy(s.model)
         opt = torch.optim.Adam(model.parameters(), lr=s.scheduler.get_last_lr()[0])
         opt.load_state_dict(s.optimizer.state_dict())
-        model.train()
         draw = torch.multinomial(weights.double(), len(y), replacement=True, generator=gen).numpy()
-        for chunk, x in batches(s.data.images, s.train_idx[draw], s.config.batch_size):
-            logits = model.encode(augment(preprocess(x), gen))[0]
-            loss = F.cross_entropy(logits, torch.from_numpy(s.data.y[chunk]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        train_epoch(model, opt, s.data, s.train_idx[draw], gen, batch_size=s.config.batch_size)
         _, probs = encode(model, s.data.images, s.train_idx, device=s.device)
         p = probs[np.arange(len(y)), y].double().clamp(1e-4, 1 - 1e-4).numpy()
         return np.log(p / (1 - p))

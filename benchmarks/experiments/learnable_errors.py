@@ -24,26 +24,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from error_probes import probe_data, train_epoch
 
-from debias import TrainConfig, load_data
-from debias.augment import augment
-from debias.encode import batches, encode
-from debias.model import DBVAE, preprocess
+from debias import TrainConfig
+from debias.encode import encode
+from debias.model import DBVAE
 from debias.training import split_indices
 
 task, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 FINE_EPOCHS = float(os.environ.get("FINE_EPOCHS", "1"))
 torch.set_num_threads(threads)
 cpu = torch.device("cpu")
-D = Path(os.environ.get("SHARED_DATA", "../shared/data"))
 config = TrainConfig()
-data = load_data(labels=str(D / f"{task}-train.csv"), groups=["race", "gender"], image_size=64)
-train_idx, _ = split_indices(data, config.val_fraction, seed)
-frame = data.frame.iloc[train_idx].reset_index(drop=True)
+data, train_idx, cells = probe_data(task, seed)
 y = data.y[train_idx]
-first = frame.label if task == "utk-age" else frame.race
-cells = (first.astype(str) + " " + frame.gender.astype(str)).to_numpy()
 torch.manual_seed(seed)
 model = DBVAE(len(data.classes), config.model)
 opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -52,14 +46,8 @@ aug = torch.Generator().manual_seed(seed + 1)
 
 
 def run_epoch(model, opt, weights: np.ndarray, n: int) -> None:
-    model.train()
     draw = torch.multinomial(torch.from_numpy(weights), n, replacement=True, generator=rng)
-    for chunk, x in batches(data.images, train_idx[draw.numpy()], config.batch_size):
-        logits = model.encode(augment(preprocess(x), aug))[0]
-        loss = F.cross_entropy(logits, torch.from_numpy(data.y[chunk]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_epoch(model, opt, data, train_idx[draw.numpy()], aug)
 
 
 def p_true(model) -> np.ndarray:
