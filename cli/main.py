@@ -356,6 +356,15 @@ def train(
             rich_help_panel="Method",
         ),
     ] = None,
+    error_filter: Annotated[
+        str | None,
+        typer.Option(
+            help="none, or learnable: keep only the errors that training on the other errors "
+            "teaches (a shortcut's exceptions teach each other, noise does not; 3 trial epochs).",
+            show_default=_shown(TrainConfig, "error_filter"),
+            rich_help_panel="Method",
+        ),
+    ] = None,
     warmup_epochs: Annotated[
         int | None,
         typer.Option(

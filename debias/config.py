@@ -18,6 +18,7 @@ Recon = Literal["l1", "l2"]
 LrSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "bfloat16"]
 WeightingName = Literal["rarity", "errors", "errors+rarity"]
+ErrorFilter = Literal["none", "learnable"]
 
 
 @dataclass
@@ -85,6 +86,9 @@ class TrainConfig:
     # but costs 2.6 points of mean accuracy on utk-gender, where errors are hard faces, not a
     # group; 0.8 loses 12 points of utk-gender's worst cell
     error_share: float = 0.25
+    # "learnable" keeps only the errors that training on the other errors teaches (a shortcut's
+    # exceptions teach each other, noise does not): three trial epochs of a model copy, once
+    error_filter: ErrorFilter = "none"
     vae_on: VaeOn = "auto"  # auto: "positive" when a class is called "face" (detection), else "all"
     positive_class: str | None = None  # the class the VAE models with vae_on="positive"
     kl_weight: float = 5e-4  # the lab's value: a weak KL keeps latents informative
@@ -190,6 +194,7 @@ class TrainConfig:
         for name, allowed in (
             ("combine", Combine),
             ("weighting", WeightingName),
+            ("error_filter", ErrorFilter),
             ("vae_on", VaeOn),
             ("recon", Recon),
             ("lr_schedule", LrSchedule),

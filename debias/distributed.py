@@ -94,6 +94,17 @@ def gather_blocks(part: torch.Tensor, n: int, cluster: Cluster) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(pieces, sizes, strict=True)]).to(part.device)
 
 
+def broadcast(value: torch.Tensor, cluster: Cluster) -> torch.Tensor:
+    """Return rank 0's ``value`` on every rank (same shape and dtype on every rank)."""
+    if not cluster.distributed:
+        return value
+    nccl = dist.get_backend() == "nccl"  # NCCL moves CUDA tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else value.device
+    moved = value.to(device).contiguous()
+    dist.broadcast(moved, src=0)
+    return moved.to(value.device)
+
+
 def share(draws: int, cluster: Cluster) -> int:
     """Draws each rank trains on per epoch: every rank takes the same number of steps."""
     return -(-draws // cluster.world)

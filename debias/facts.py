@@ -319,8 +319,13 @@ def _weighting_words(train: dict[str, Any]) -> str:
     weighting = train.get("weighting", "rarity")
     if train["baseline"] or weighting == "rarity":
         return histograms
+    kept = (
+        " that training on the other errors teaches"
+        if train.get("error_filter", "none") == "learnable"
+        else ""
+    )
     errors = (
-        f"error feedback (the errors of epoch {train['error_epoch']} get "
+        f"error feedback (the errors of epoch {train['error_epoch']}{kept} get "
         f"{train['error_share']:.0%} of each class's draws)"
     )
     return errors + (f" with {histograms}" if weighting == "errors+rarity" else "")

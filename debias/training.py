@@ -10,6 +10,7 @@ model and the weighting methods do not know where they run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 import debias
 from debias import distributed, errors, files, runfolder
@@ -215,7 +217,7 @@ def _fit(
     last: EpochWeights | None = None
     for epoch in range(len(history), config.epochs):
         distributed.sync_buffers(s.model, cluster)
-        last = weighting.epoch_weights(_epoch_view(s, epoch))
+        last = weighting.epoch_weights(_epoch_view(s, epoch, listener))
         record = _train_epoch(s, epoch, last, run_dir, listener)
         if not cluster.main:
             continue
@@ -367,8 +369,8 @@ def _restore(
     return history
 
 
-def _epoch_view(s: _Setup, epoch: int) -> EpochView:
-    """Describe the epoch to the weighting: the training rows and a lazy encoder of them."""
+def _epoch_view(s: _Setup, epoch: int, listener: Listener | None = None) -> EpochView:
+    """Describe the epoch to the weighting: the training rows, a lazy encoder, trial epochs."""
     y = s.data.y[s.train_idx]
 
     def encoder(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,7 +389,47 @@ def _epoch_view(s: _Setup, epoch: int) -> EpochView:
         modelled=(s.class_mask[torch.from_numpy(y)] > 0).numpy(),
         frame=s.train_frame,
         encoder=encoder,
+        trial=lambda weights, stream: _trial_epoch(
+            s, epoch, weights, stream, listener or SilentListener()
+        ),
     )
+
+
+def _trial_epoch(
+    s: _Setup, epoch: int, weights: torch.Tensor, stream: int, listener: Listener
+) -> torch.Tensor:
+    """Train a copy of the model one epoch on a draw by ``weights``; return its probabilities.
+
+    The copy starts from the model and the optimiser's state, at the current learning rate, and
+    trains with the classification loss only (what a weighting asks is what the classifier
+    learns); the run's model, optimiser and generators are untouched. Returns the class
+    probabilities ``(N, C)`` of every training row under the copy. Every rank trains the same
+    copy on the whole draw with the same generators and takes rank 0's answer, so all ranks
+    weight alike even where a GPU's kernels are not deterministic.
+    """
+    config, device = s.config, s.device
+    model = copy.deepcopy(s.model)
+    optimizer = torch.optim.Adam(model.parameters())
+    # the run's moments, settings and lr; copied, as loading keeps tensors already in place
+    optimizer.load_state_dict(copy.deepcopy(s.optimizer.state_dict()))
+    # streams 0 and 1 of the epoch are the run's augmentation and noise; rank 0's for every rank
+    draw_rng = _epoch_generator(config.seed, epoch, 0, 2 + 2 * stream, torch.device("cpu"))
+    augment_rng = _epoch_generator(config.seed, epoch, 0, 3 + 2 * stream, torch.device("cpu"))
+    rows = draw_epoch(weights, s.train_idx, len(s.train_idx), draw_rng)
+    listener.phase(f"trial epoch {stream + 1}", math.ceil(len(rows) / config.batch_size))
+    model.train()
+    for chunk, x_u8 in batches(s.data.images, rows, config.batch_size):
+        x = preprocess(x_u8.to(device, non_blocking=True))
+        if config.augment:
+            x = augment(x, augment_rng)
+        logits = model.encode(x.contiguous(memory_format=torch.channels_last))[0]
+        loss = F.cross_entropy(logits, torch.from_numpy(s.data.y[chunk]).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        listener.advance(1, loss=loss.item())
+    _, probs = encode(model, s.data.images, s.train_idx, device=device)
+    return distributed.broadcast(probs, s.cluster)
 
 
 def _train_epoch(

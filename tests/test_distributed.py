@@ -48,6 +48,8 @@ def test_two_processes_share_weights_and_split_the_draw(tmp_path: Path) -> None:
         share = len(draw) // 2
         assert ranks[0]["trained"][epoch] == draw[:share]
         assert ranks[1]["trained"][epoch] == draw[share:]
+    # The learnable-errors filter's three trial epochs gave every rank rank 0's probabilities
+    assert len(ranks[0]["trials"]) == 3 and ranks[0]["trials"] == ranks[1]["trials"]
     resampled = np.asarray(ranks[0]["weights"][1])
     assert resampled.std() > 0  # epoch 2 is the debiased one, not uniform
 

@@ -192,6 +192,7 @@ def test_an_existing_run_is_not_overwritten(labels_dir: Path, tmp_path: Path) ->
         ("combine", "sum", "combine"),
         ("device", "tpu", "device"),
         ("precision", "float16", "precision"),
+        ("error_filter", "noisy", "error-filter"),
     ],
 )
 def test_invalid_options(

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import tiny_config
 
-from debias import train
+import debias.training as training
+import debias.weighting as weighting
+from debias import ModelConfig, train
+from debias.data import write_shortcut_synthetic
 from debias.progress import SilentListener
 from debias.runfolder import load_checkpoint, save_checkpoint
-from debias.training import resume
+from debias.training import resume, split_indices
 from debias.weighting import (
     EpochView,
+    EpochWeights,
     ErrorFeedback,
     Uniform,
     error_balanced,
+    learnable_errors,
+    uniform,
     weighting_for,
 )
 
@@ -56,6 +64,123 @@ def test_a_class_without_errors_keeps_the_inner_weights() -> None:
     w = error_balanced(inner, errors, y, share=0.5).double()
     assert w[4:].sum() == pytest.approx(0.5)
     assert (w[4:] / w[4]).tolist() == pytest.approx([1, 2, 3, 4])
+
+
+def test_a_part_without_inner_weight_counts_as_absent() -> None:
+    # A trial of learnable_errors leaves a fold out with zero inner weight; a class whose correct
+    # part is all left out must not divide by zero (NaN weights stop the draw).
+    y = np.array([0, 0, 0, 1, 1, 1])
+    errors = np.array([True, True, False, True, False, False])
+    inner = torch.tensor([1.0, 1, 0, 0, 0, 0])  # class 0's correct row and all of class 1 out
+    w = error_balanced(inner, errors, y, share=0.25).double()
+    assert torch.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+    assert w[:3].tolist() == pytest.approx([0.25, 0.25, 0.0])  # inner's weights, class share
+    assert w[3:].tolist() == pytest.approx([1 / 6] * 3)  # left out whole: drawn uniformly
+
+
+def test_learnable_errors_keeps_the_errors_that_teach_each_other() -> None:
+    # Per class, 40 error rows form a group: a model learns each from the others' draws (the
+    # true-class probability grows with the weight on the rest of the group). 4 error rows are
+    # noise: nothing teaches them. 56 rows are right.
+    y = np.repeat([0, 1], 100)
+    group = np.zeros(200, bool)
+    group[0:40] = group[100:140] = True
+    noise = np.zeros(200, bool)
+    noise[40:44] = noise[140:144] = True
+    errors = group | noise
+    trials: list[tuple[torch.Tensor, int]] = []
+
+    def trial(weights: torch.Tensor, stream: int) -> torch.Tensor:
+        trials.append((weights, stream))
+        p = torch.full((200,), 0.3, dtype=torch.float64)
+        for c in (0, 1):
+            members = torch.from_numpy(group & (y == c))
+            p[members] += weights[members].double().sum() - weights[members]  # the others' draws
+        return _as_probs(p, y)
+
+    keep = learnable_errors(errors, y, trial, seed=0)
+    np.testing.assert_array_equal(keep, group)  # the group kept, the noise and the right rows not
+    assert [stream for _, stream in trials] == [0, 1, 2]  # the control, then one trial per fold
+    assert torch.equal(trials[0][0], uniform(200).weights)
+    left_out = [(w == 0).numpy() for w, _ in trials[1:]]
+    for out in left_out:  # each trial leaves out one fold of the errors, never a right row
+        assert out.any() and not (out & ~errors).any()
+    np.testing.assert_array_equal(left_out[0] | left_out[1], errors)  # the folds split the errors
+    assert not (left_out[0] & left_out[1]).any()
+
+
+def _as_probs(p_true: torch.Tensor, y: np.ndarray) -> torch.Tensor:
+    """Two-class probabilities ``(N, 2)`` that give each row's class ``p_true``."""
+    probs = torch.empty(len(y), 2, dtype=torch.float64)
+    rows = torch.arange(len(y))
+    labels = torch.from_numpy(y)
+    probs[rows, labels] = p_true
+    probs[rows, 1 - labels] = 1 - p_true
+    return probs
+
+
+def test_the_learnable_filter_keeps_a_shortcuts_exceptions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Glasses or not, with skin tone a shortcut for 95% of the faces: after two epochs a small
+    # model gets most of the other 5% wrong, with some ordinary faces. Filtering must keep the
+    # exceptions and drop most of the rest.
+    labels = write_shortcut_synthetic(tmp_path / "glasses", n_faces=400, size=32, seed=0)
+    seen: dict[str, np.ndarray] = {}
+
+    def spy(errors: np.ndarray, *args: object) -> np.ndarray:
+        seen["errors"] = errors.copy()
+        seen["kept"] = learnable(errors, *args)
+        return seen["kept"]
+
+    learnable = weighting.learnable_errors
+    monkeypatch.setattr(weighting, "learnable_errors", spy)
+    config = tiny_config(
+        labels=str(labels),
+        out=str(tmp_path / "run"),
+        epochs=3,
+        error_epoch=2,
+        error_filter="learnable",
+        batch_size=32,
+        val_fraction=0.1,
+        model=ModelConfig(image_size=32, latent_dim=16, filters=8, hidden=64),
+    )
+    run = train(config)
+    train_idx, _ = split_indices(run.data, config.val_fraction, config.seed)
+    frame = run.data.frame.iloc[train_idx]
+    breaking = ((frame.skin_tone == "dark") != (frame.glasses == "yes")).to_numpy()
+    errors, kept = seen["errors"], seen["kept"]
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["weighting"]["errors"]
+    np.testing.assert_array_equal(saved.numpy(), kept)  # the run drew by the kept set
+    assert not (kept & ~errors).any()
+    assert (errors & ~breaking).sum() >= 4  # ordinary faces among the errors to filter out
+    assert (kept & breaking).sum() >= 0.75 * (errors & breaking).sum()
+    assert (kept & ~breaking).sum() <= 0.5 * (errors & ~breaking).sum()
+
+
+def test_a_trial_epoch_leaves_the_run_as_it_was(
+    labels_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A method may train copies of the model before an epoch; the run itself must train exactly
+    # as if it had not (same model, optimiser and random streams).
+    config = dict(data=str(labels_dir), baseline=True, epochs=2)
+    plain = train(tiny_config(out=str(tmp_path / "plain"), **config))
+    tried: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Trying(Uniform):
+        def epoch_weights(self, view: EpochView) -> EpochWeights:
+            before = view.encode_all()[1]
+            tried.append((before, view.trial(uniform(len(view.y)).weights, 0)))
+            return super().epoch_weights(view)
+
+    monkeypatch.setattr(training, "weighting_for", lambda config: Trying())
+    trying = train(tiny_config(out=str(tmp_path / "trying"), **config))
+    a, b = plain.model.state_dict(), trying.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(tried) == 2
+    for before, after in tried:  # probabilities of every training row, from a copy that learned
+        assert after.shape == before.shape == (38, 2)
+        assert not torch.allclose(after, before, atol=1e-3)
 
 
 def test_error_feedback_freezes_the_early_models_errors() -> None:

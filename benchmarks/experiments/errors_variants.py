@@ -113,6 +113,8 @@ def learnable(wrong: np.ndarray, y: np.ndarray) -> np.ndarray:
     def true_logit(weights: torch.Tensor) -> np.ndarray:
         model = copy.deepcopy(s.model)
         opt = torch.optim.Adam(model.parameters(), lr=s.scheduler.get_last_lr()[0])
+        # As measured in stop 19: loading keeps the moment tensors shared, so each copy's steps
+        # also moved the original's Adam moments (the library's trial epochs copy them first).
         opt.load_state_dict(s.optimizer.state_dict())
         draw = torch.multinomial(weights.double(), len(y), replacement=True, generator=gen).numpy()
         train_epoch(model, opt, s.data, s.train_idx[draw], gen, batch_size=s.config.batch_size)

@@ -78,6 +78,8 @@ _, val_idx = split_indices(data, config.val_fraction, seed)
 def fine_tuned(weights: np.ndarray):
     m = copy.deepcopy(model)
     o = torch.optim.Adam(m.parameters(), lr=config.lr)
+    # As measured in stop 19: loading keeps the moment tensors shared, so each copy's steps
+    # also moved the original's Adam moments (the library's trial epochs copy them first).
     o.load_state_dict(opt.state_dict())
     run_epoch(m, o, weights, int(FINE_EPOCHS * len(y)))
     _, vp = encode(m, data.images, val_idx, device=cpu)
