@@ -250,9 +250,9 @@ def learnable_errors(
     into two folds; a copy of the model trains one epoch with one fold at half of its class's
     draws and the other fold left out, and a control copy trains one epoch on uniform draws. A
     held-out error row is kept when the copy that saw the other fold gives its true class a
-    higher probability than the control does (no threshold to tune). On `utk-age` this raised
-    the shortcut-breaking faces' part of the error set from 30-37% to 39-49% and kept 243-269 of
-    430-450 errors (benchmarks/experiments/error-set-purity.md).
+    higher probability than the control does (no threshold to tune). On `utk-age` a prototype
+    raised the shortcut-breaking faces' part of the error set from 30-37% to 39-49%, keeping
+    243-269 of 430-450 errors (benchmarks/experiments/error-set-purity.md).
 
     Parameters
     ----------
