@@ -202,6 +202,13 @@ def test_invalid_options(
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), **{field: value}))
 
 
+def test_an_error_filter_needs_an_error_set(labels_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), error_filter="learnable")
+    config.weighting = "rarity"
+    with pytest.raises(ConfigError, match=r"error-filter.*--weighting rarity takes none"):
+        train(config)
+
+
 def test_image_size_must_suit_the_encoder(labels_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"))
     config.model.image_size = 40
