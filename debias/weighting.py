@@ -270,6 +270,8 @@ def learnable_errors(
     numpy.ndarray
         ``(N,)`` bool, the kept error rows (a subset of ``errors``).
     """
+    if not errors.any():  # nothing to filter: no trial epochs
+        return errors.copy()
     fold = np.random.default_rng(seed).integers(0, 2, len(y))  # (N,) 0 or 1
     rows = np.arange(len(y))
     control = trial(uniform(len(y)).weights, 0)[rows, y]  # (N,) p(true class)

@@ -107,6 +107,8 @@ def test_learnable_errors_keeps_the_errors_that_teach_each_other() -> None:
         assert out.any() and not (out & ~errors).any()
     np.testing.assert_array_equal(left_out[0] | left_out[1], errors)  # the folds split the errors
     assert not (left_out[0] & left_out[1]).any()
+    trials.clear()  # a model without errors costs no trial epochs
+    assert not learnable_errors(np.zeros(200, bool), y, trial, seed=0).any() and trials == []
 
 
 def _as_probs(p_true: torch.Tensor, y: np.ndarray) -> torch.Tensor:
@@ -240,6 +242,27 @@ def test_error_feedback_run_resumes_with_its_frozen_error_set(labels_dir, tmp_pa
         members = (samples["label"] == label).to_numpy()
         share = weight[members & planted.numpy()].sum() / weight[members].sum()
         assert share == pytest.approx(0.5)  # the planted error set got its share
+
+
+def test_a_run_killed_during_its_trial_epochs_resumes_to_the_same_error_set(
+    labels_dir: Path, tmp_path: Path
+) -> None:
+    config = dict(data=str(labels_dir), error_filter="learnable", error_epoch=1, epochs=3)
+    whole = train(tiny_config(out=str(tmp_path / "whole"), **config))
+
+    class KillInSecondTrial(SilentListener):
+        def phase(self, name: str, total: int) -> None:
+            if name == "trial epoch 2":
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(out=str(tmp_path / "cut"), **config), listener=KillInSecondTrial())
+    resumed = resume(tmp_path / "cut")
+    saved = [load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("whole", "cut")]
+    errors = [s["weighting"]["errors"] for s in saved]
+    assert errors[0] is not None and torch.equal(errors[0], errors[1])
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_epoch_encodes_its_rows_once_however_many_methods_ask() -> None:
