@@ -270,18 +270,33 @@ def learnable_errors(
     numpy.ndarray
         ``(N,)`` bool, the kept error rows (a subset of ``errors``).
     """
-    if not errors.any():  # nothing to filter: no trial epochs
-        return errors.copy()
+    return learnability(errors, y, trial, seed) > 0
+
+
+def learnability(
+    errors: np.ndarray,
+    y: np.ndarray,
+    trial: Callable[[torch.Tensor, int], torch.Tensor],
+    seed: int,
+) -> np.ndarray:
+    """Return each error row's gain from training on the other fold (:func:`learnable_errors`).
+
+    The gain is the row's true-class probability after the trial that taught the other fold
+    minus after the control trial, ``(N,)`` float64; NaN for the rows that are not errors. No
+    trial runs when there are no errors.
+    """
+    gain = np.full(len(y), np.nan)
+    if not errors.any():
+        return gain
     fold = np.random.default_rng(seed).integers(0, 2, len(y))  # (N,) 0 or 1
     rows = np.arange(len(y))
-    control = trial(uniform(len(y)).weights, 0)[rows, y]  # (N,) p(true class)
-    keep = np.zeros(len(y), bool)
+    control = trial(uniform(len(y)).weights, 0)[rows, y].double()  # (N,) p(true class)
     for f in (0, 1):
         teacher, held_out = errors & (fold == f), errors & (fold != f)
         inner = torch.from_numpy(~held_out).double()  # the held-out fold is never drawn
-        taught = trial(error_balanced(inner, teacher, y, TEACHING_SHARE), 1 + f)[rows, y]
-        keep[held_out] = (taught > control)[held_out].numpy()
-    return keep
+        taught = trial(error_balanced(inner, teacher, y, TEACHING_SHARE), 1 + f)[rows, y].double()
+        gain[held_out] = (taught - control)[held_out].numpy()
+    return gain
 
 
 def error_balanced(
