@@ -1,5 +1,7 @@
 """Prototype (issue 14): AFR-style last-layer retraining on an ERM run's training features.
 
+Stop 20 added the learnability filter at the head (the end of the file; late-errors.md).
+
     SHARED_DATA=../shared/data OUT=/tmp/afr python benchmarks/experiments/late_errors_afr.py \
         utk-age 0 1    # task, seed, threads; trains the plain run first if OUT has none
 """
@@ -149,4 +151,51 @@ for share in [0.3, 0.5, 0.7]:
         {k: round(v, 3) for k, v in per.items()},
     )
     out[f"e{share}"] = (worst, mean, msh)
+
+
+# Stop 20: keep only the late errors that teach each other, judged by the last layer itself.
+# Trials retrain the head (from the run's) with one fold of each class's errors at half of the
+# class's weight and the other fold left out, or with uniform weights (the control); a held-out
+# error is kept if its true-class probability rises more than under the control. Then the kept
+# errors get the share.
+def head_probs(weights):
+    W, b = retrain(weights)
+    return torch.softmax(Ftr @ W.T + b, 1)[torch.arange(len(ytr)), ytr]
+
+
+def shared(part, share):
+    """Weights: within each class ``part`` gets ``share``, the rest of the class the remainder."""
+    w = torch.zeros(len(ytr))
+    for c in range(len(classes)):
+        m = ytr == c
+        e, r = m & part, m & ~part & ~left_out
+        if e.sum() == 0 or r.sum() == 0:
+            w[m & ~left_out] = 1.0 / (m & ~left_out).sum() / len(classes)
+            continue
+        w[e] = share / e.sum() / len(classes)
+        w[r] = (1 - share) / r.sum() / len(classes)
+    return w
+
+
+fold = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, len(ytr))).bool()
+left_out = torch.zeros(len(ytr), dtype=torch.bool)
+control = head_probs(shared(torch.zeros(len(ytr), dtype=torch.bool), 0.5))
+keep = torch.zeros(len(ytr), dtype=torch.bool)
+for f in (False, True):
+    left_out = wrong & (fold != f)
+    taught = head_probs(shared(wrong & (fold == f), 0.5))
+    keep[left_out] = (taught > control)[left_out]
+left_out = torch.zeros(len(ytr), dtype=torch.bool)
+kept_minority = int((keep & torch.from_numpy(minority)).sum()) if minority is not None else None
+print(f"late errors {int(wrong.sum())}, kept {int(keep.sum())} (shortcut-breaking {kept_minority})")
+for share in [0.3, 0.5, 0.7]:
+    w = shared(keep, share)
+    msh = float(w[torch.from_numpy(minority)].sum()) if minority is not None else None
+    W, b = retrain(w)
+    worst, mean, per = score(Fte @ W.T + b)
+    print(
+        f"kept errors share {share} minority share {msh} test worst {worst:.3f} mean {mean:.3f}",
+        {k: round(v, 3) for k, v in per.items()},
+    )
+    out[f"k{share}"] = (worst, mean, msh)
 json.dump(out, open(OUT / f"{task}-s{seed}.json", "w"))
