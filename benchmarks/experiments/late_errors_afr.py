@@ -132,6 +132,20 @@ for gamma in [0, 2, 4, 8, 16, 32, 64]:
             {k: round(v, 3) for k, v in per.items()},
         )
         out[f"g{gamma}"] = (worst, mean, worst_class_val, share)
+
+
+def retrain_and_report(label: str, key: str, w: torch.Tensor, share: float) -> None:
+    """Retrain the head with weights ``w``, print the test cells and keep them in ``out``."""
+    msh = float(w[torch.from_numpy(minority)].sum()) if minority is not None else None
+    W, b = retrain(w)
+    worst, mean, per = score(Fte @ W.T + b)
+    print(
+        f"{label} share {share} minority share {msh} test worst {worst:.3f} mean {mean:.3f}",
+        {k: round(v, 3) for k, v in per.items()},
+    )
+    out[f"{key}{share}"] = (worst, mean, msh)
+
+
 wrong = Ltr.argmax(1) != ytr
 for share in [0.3, 0.5, 0.7]:
     w = torch.zeros(len(ytr))
@@ -143,14 +157,7 @@ for share in [0.3, 0.5, 0.7]:
             continue
         w[e] = share / e.sum() / len(classes)
         w[r] = (1 - share) / r.sum() / len(classes)
-    msh = float(w[torch.from_numpy(minority)].sum()) if minority is not None else None
-    W, b = retrain(w)
-    worst, mean, per = score(Fte @ W.T + b)
-    print(
-        f"errors share {share} minority share {msh} test worst {worst:.3f} mean {mean:.3f}",
-        {k: round(v, 3) for k, v in per.items()},
-    )
-    out[f"e{share}"] = (worst, mean, msh)
+    retrain_and_report("errors", "e", w, share)
 
 
 # Stop 20: keep only the late errors that teach each other, judged by the last layer itself.
@@ -189,13 +196,5 @@ left_out = torch.zeros(len(ytr), dtype=torch.bool)
 kept_minority = int((keep & torch.from_numpy(minority)).sum()) if minority is not None else None
 print(f"late errors {int(wrong.sum())}, kept {int(keep.sum())} (shortcut-breaking {kept_minority})")
 for share in [0.3, 0.5, 0.7]:
-    w = shared(keep, share)
-    msh = float(w[torch.from_numpy(minority)].sum()) if minority is not None else None
-    W, b = retrain(w)
-    worst, mean, per = score(Fte @ W.T + b)
-    print(
-        f"kept errors share {share} minority share {msh} test worst {worst:.3f} mean {mean:.3f}",
-        {k: round(v, 3) for k, v in per.items()},
-    )
-    out[f"k{share}"] = (worst, mean, msh)
+    retrain_and_report("kept errors", "k", shared(keep, share), share)
 json.dump(out, open(OUT / f"{task}-s{seed}.json", "w"))
