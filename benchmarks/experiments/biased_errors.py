@@ -24,23 +24,16 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from error_probes import probe_data, train_epoch
+from error_probes import probe_data, probe_model, train_epoch
 
-from debias import TrainConfig
 from debias.encode import encode
-from debias.model import DBVAE
 
 task, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 q, epochs = float(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
-config = TrainConfig()
 data, train_idx, cells = probe_data(task, seed)
 y = data.y[train_idx]
-torch.manual_seed(seed)
-model = DBVAE(len(data.classes), config.model)
-opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-rng = torch.Generator().manual_seed(seed)
-aug = torch.Generator().manual_seed(seed + 1)
+model, opt, rng, aug = probe_model(data, seed)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

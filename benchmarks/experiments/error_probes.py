@@ -35,6 +35,16 @@ def probe_data(task: str, seed: int) -> tuple[FaceData, np.ndarray, np.ndarray]:
     return data, train_idx, (first.astype(str) + " " + frame.gender.astype(str)).to_numpy()
 
 
+def probe_model(
+    data: FaceData, seed: int
+) -> tuple[DBVAE, torch.optim.Optimizer, torch.Generator, torch.Generator]:
+    """A fresh model seeded by ``seed``, its Adam, and the draw and augmentation generators."""
+    torch.manual_seed(seed)
+    model = DBVAE(len(data.classes), TrainConfig().model)
+    opt = torch.optim.Adam(model.parameters(), lr=TrainConfig().lr)
+    return model, opt, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+
+
 def train_epoch(
     model: DBVAE,
     opt: torch.optim.Optimizer,

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from error_probes import probe_data, train_epoch
+from error_probes import probe_data, probe_model, train_epoch
 
 from debias import TrainConfig
 from debias.encode import encode
-from debias.model import DBVAE
 from debias.training import split_indices
 
 task, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -38,11 +37,7 @@ cpu = torch.device("cpu")
 config = TrainConfig()
 data, train_idx, cells = probe_data(task, seed)
 y = data.y[train_idx]
-torch.manual_seed(seed)
-model = DBVAE(len(data.classes), config.model)
-opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-rng = torch.Generator().manual_seed(seed)
-aug = torch.Generator().manual_seed(seed + 1)
+model, opt, rng, aug = probe_model(data, seed)
 
 
 def run_epoch(model, opt, weights: np.ndarray, n: int) -> None:
