@@ -3,8 +3,8 @@
 `probe_data` loads a task's training split as `debias train` draws it for a seed, with each
 row's cell (age x gender on `utk-age`, race x gender otherwise); `train_epoch` trains a
 classifier (the DB-VAE's encoder, classification loss only) one pass over given rows with the
-project's augmentation. Used by `biased_errors.py`, `learnable_errors.py` and the ``learn``
-variants of `errors_variants.py`.
+project's augmentation. Used by `biased_errors.py`, `learnable_errors.py`, `xrm_errors.py`,
+`latent_probe_errors.py` and the ``learn`` variants of `errors_variants.py`.
 """
 
 from __future__ import annotations
