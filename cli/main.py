@@ -31,6 +31,7 @@ from debias.jobs.outliers import OutlierConfig, write_outliers
 from debias.jobs.report import ReportConfig, write_report
 from debias.training import resume as resume_run
 from debias.training import train as train_run
+from debias.weighting import check_options_read
 from debias_cli.progress import RichListener
 from debias_cli.tables import show_audit, show_outliers
 
@@ -482,6 +483,7 @@ def train(
             if data is None and labels is None:
                 raise errors.ConfigError(errors.NO_DATA)
             config = _config_from(given)
+            check_options_read(config, set(given))
             with RichListener(console) as listener:
                 result = train_run(config, listener=listener)
     if not result.metrics:  # a torchrun worker: rank 0 reports the run

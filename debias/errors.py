@@ -73,6 +73,19 @@ BAD_DEVICE = (
     "--device {device!r} is not a device this machine has ({reason}). Use auto, cpu{available}."
 )
 BAD_OPTION = "--{option} {value!r}: {problem}. {fix}"
+# Options the run's weighting would silently ignore (debias.weighting.check_options_read)
+UNREAD_WITH_BALANCE = (
+    "{options}: not used with --balance-groups (it draws by the groups). Drop {them}, or leave "
+    "out --balance-groups."
+)
+UNREAD_WITH_BASELINE = (
+    "{options}: not used with --baseline (the plain classifier draws uniformly). Drop {them}, or "
+    "leave out --baseline."
+)
+UNREAD_WITH_RARITY = (
+    "{options}: not used with --weighting rarity (it keeps no error set). Drop {them}, or pass "
+    "--weighting errors+rarity."
+)
 POSITIVE_CLASS = (
     "--vae-on positive needs to know which class the VAE models, and the classes are {classes}. "
     "Pass --positive-class NAME, or --vae-on all."

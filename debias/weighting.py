@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from debias import errors
 from debias.config import TrainConfig
 from debias.resample import LatentHistogram
 
@@ -362,6 +363,47 @@ def histogram_for(config: TrainConfig) -> LatentHistogram:
         ess_fraction=config.ess_fraction or None,
         n_components=config.density_components,
     )
+
+
+# The options only ErrorFeedback reads.
+ERROR_OPTIONS = ("error_epoch", "error_share", "error_filter")
+
+
+def check_options_read(config: TrainConfig, given: set[str]) -> None:
+    """Refuse options the user gave that the run's weighting would silently ignore.
+
+    A dataclass cannot tell a default from a value the user typed, so the command line calls
+    this with the options it was given: ``--baseline --error-share 0.5`` is refused, not run as
+    the plain classifier with the share dropped. Mirrors :func:`weighting_for`.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's settings.
+    given : set of str
+        Names of the TrainConfig fields the user set.
+
+    Raises
+    ------
+    ConfigError
+        Naming the unread options, what overrides them and the fix.
+    """
+    if config.balance_groups or config.baseline:
+        found = _given(("weighting", *ERROR_OPTIONS), given)
+        if found and config.balance_groups:
+            raise errors.ConfigError(errors.UNREAD_WITH_BALANCE.format(**found))
+        if found:
+            raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
+    elif config.weighting == "rarity" and (found := _given(ERROR_OPTIONS, given)):
+        raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(**found))
+
+
+def _given(names: tuple[str, ...], given: set[str]) -> dict[str, str]:
+    """Return the message's fields for those of ``names`` the user gave; empty if none."""
+    found = ["--" + name.replace("_", "-") for name in names if name in given]
+    if not found:
+        return {}
+    return {"options": ", ".join(found), "them": "it" if len(found) == 1 else "them"}
 
 
 def weighting_for(config: TrainConfig) -> Weighting:

@@ -79,6 +79,27 @@ def test_bad_options(
     _one_line_error(result, pattern)
 
 
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        (["--baseline", "--error-share", "0.5"], "--error-share: not used with --baseline"),
+        (
+            ["--weighting", "rarity", "--error-epoch", "2", "--error-share", "0.5"],
+            "--error-epoch, --error-share: not used with --weighting rarity (it keeps no error "
+            "set). Drop them, or pass --weighting errors+rarity.",
+        ),
+        (["--balance-groups", "skin", "--weighting", "errors"], "not used with --balance"),
+    ],
+)
+def test_options_the_weighting_would_ignore_are_refused(
+    labels_dir: Path, tmp_path: Path, options: list[str], pattern: str
+) -> None:
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["train", "--data", str(labels_dir), "--out", str(out), *options])
+    _one_line_error(result, pattern)
+    assert not out.exists()  # refused before anything is written
+
+
 def test_resume_rejects_other_options(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--batch-size", "8"])
     _one_line_error(result, "may change. Drop --batch-size")
