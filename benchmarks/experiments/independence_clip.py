@@ -28,6 +28,7 @@ import torch
 from error_probes import probe_data
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
+from sklearn.neighbors import NearestNeighbors
 
 from debias import load_model
 from debias.model import preprocess
@@ -41,9 +42,14 @@ model.eval()
 with torch.no_grad():
     L, M = [], []
     for s in range(0, len(rows), 512):
-        out = model.encoder.features(preprocess(torch.from_numpy(data.images[rows[s : s + 512]])))
+        hidden = model.encoder.features[:-1](
+            preprocess(torch.from_numpy(data.images[rows[s : s + 512]]))
+        )
+        out = model.encoder.features[-1](hidden)
         L.append(out[:, : model.num_classes])
-        M.append(out[:, model.num_classes : model.num_classes + model.cfg.latent_dim])
+        # FEATURES=hidden: the 512-d layer before the heads instead of the latent means
+        latent = out[:, model.num_classes : model.num_classes + model.cfg.latent_dim]
+        M.append(hidden if os.environ.get("FEATURES") == "hidden" else latent)
 wrong = torch.cat(L).argmax(1).numpy() != y
 M = torch.cat(M).numpy()
 M = (M - M.mean(0)) / (M.std(0) + 1e-6)
@@ -135,3 +141,12 @@ def tilt(w: np.ndarray, dims: int) -> np.ndarray:
 
 for dims in (5, 10, 20):
     show(f"tilted d={dims}", tilt(w, dims))
+
+if task != "utk-age":  # can any neighbourhood rule see race? Its share among each face's 50-NN
+    race = np.array([c.split(" ")[0] for c in cells])
+    _, near = NearestNeighbors(n_neighbors=51).fit(M).kneighbors(M)
+    for c in sorted(set(cells)):
+        at = cells == c
+        print(
+            f"{c:14s} same race among 50 nearest: {(race[near[at, 1:]] == c.split()[0]).mean():.2f}"
+        )
