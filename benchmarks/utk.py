@@ -82,14 +82,17 @@ METHODS = {
     ),
     "default": Method("the project's default TrainConfig", {}),
     "rarity": Method("the DB-VAE's latent histograms alone", dict(weighting="rarity")),
+    # The error methods pin their share: when the default's share fell from 0.5 to 0.25
+    # (9177122), an unpinned "errors+rarity" silently became "default" (same runs, same numbers).
     "errors": Method(
         "error feedback: what the model gets wrong after 3 plain epochs gets half of its "
         "class's draws",
-        dict(weighting="errors"),
+        dict(weighting="errors", error_share=0.5),
     ),
     "errors+rarity": Method(
-        "error feedback, with latent rarity spreading the weight within both parts",
-        dict(weighting="errors+rarity"),
+        "error feedback at half of each class's draws, with latent rarity spreading the weight "
+        "within both parts",
+        dict(weighting="errors+rarity", error_share=0.5),
     ),
     "jtt": Method(
         "Just Train Twice (Liu et al. 2021), two stages: a plain model trained JTT_EPOCHS "
