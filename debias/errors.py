@@ -82,6 +82,10 @@ UNREAD_WITH_BASELINE = (
     "{options}: not used with --baseline (the plain classifier draws uniformly). Drop {them}, or "
     "leave out --baseline."
 )
+ERROR_EPOCH_TOO_LATE = (
+    "--error-epoch {epoch}: the error set is frozen after epoch {epoch}, and the run has "
+    "{epochs} epochs, so it would never be used. Pass an --error-epoch below --epochs."
+)
 UNREAD_WITH_RARITY = (
     "{options}: not used with --weighting rarity (it keeps no error set). Drop {them}, or pass "
     "--weighting errors+rarity."

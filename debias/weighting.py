@@ -374,7 +374,8 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
 
     A dataclass cannot tell a default from a value the user typed, so the command line calls
     this with the options it was given: ``--baseline --error-share 0.5`` is refused, not run as
-    the plain classifier with the share dropped. Mirrors :func:`weighting_for`.
+    the plain classifier with the share dropped; so is an ``--error-epoch`` the run never reaches.
+    Mirrors :func:`weighting_for`.
 
     Parameters
     ----------
@@ -396,6 +397,10 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
             raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
     elif config.weighting == "rarity" and (found := _given(ERROR_OPTIONS, given)):
         raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(**found))
+    elif "error_epoch" in given and config.error_epoch >= config.epochs:
+        raise errors.ConfigError(
+            errors.ERROR_EPOCH_TOO_LATE.format(epoch=config.error_epoch, epochs=config.epochs)
+        )
 
 
 def _given(names: tuple[str, ...], given: set[str]) -> dict[str, str]:

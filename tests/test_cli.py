@@ -89,6 +89,7 @@ def test_bad_options(
             "set). Drop them, or pass --weighting errors+rarity.",
         ),
         (["--balance-groups", "skin", "--weighting", "errors"], "not used with --balance"),
+        (["--epochs", "3", "--error-epoch", "3"], "--error-epoch 3: the error set is frozen after"),
     ],
 )
 def test_options_the_weighting_would_ignore_are_refused(
