@@ -73,7 +73,7 @@ BAD_DEVICE = (
     "--device {device!r} is not a device this machine has ({reason}). Use auto, cpu{available}."
 )
 BAD_OPTION = "--{option} {value!r}: {problem}. {fix}"
-# Options the run's weighting would silently ignore (debias.weighting.check_options_read)
+# Options the run would silently ignore (debias.weighting.check_options_read)
 UNREAD_WITH_BALANCE = (
     "{options}: not used with --balance-groups (it draws by the groups). Drop {them}, or leave "
     "out --balance-groups."
@@ -82,13 +82,13 @@ UNREAD_WITH_BASELINE = (
     "{options}: not used with --baseline (the plain classifier draws uniformly). Drop {them}, or "
     "leave out --baseline."
 )
-ERROR_EPOCH_TOO_LATE = (
-    "--error-epoch {epoch}: the error set is frozen after epoch {epoch}, and the run has "
-    "{epochs} epochs, so it would never be used. Pass an --error-epoch below --epochs."
-)
 UNREAD_WITH_RARITY = (
     "{options}: not used with --weighting rarity (it keeps no error set). Drop {them}, or pass "
     "--weighting errors+rarity."
+)
+ERROR_EPOCH_TOO_LATE = (
+    "--error-epoch {epoch}: the error set is frozen after epoch {epoch}, and the run has "
+    "{epochs} epochs, so it would never be used. Pass an --error-epoch below --epochs."
 )
 POSITIVE_CLASS = (
     "--vae-on positive needs to know which class the VAE models, and the classes are {classes}. "
