@@ -40,6 +40,7 @@ if not (run / "config.json").exists():
             epochs=epochs,
             seed=seed,
             groups=["race", "gender"],
+            augment=os.environ.get("AUGMENT", "1") != "0",  # AUGMENT=0: no flip, jitter, shift
         )
     )
 data, rows, cells = probe_data(task, seed)
