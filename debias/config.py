@@ -76,15 +76,15 @@ class TrainConfig:
     # How each epoch's draws are weighted (debias/weighting.py): "rarity" is the DB-VAE's latent
     # histograms; "errors" gives what an early plain model gets wrong a share of each class's
     # draws; "errors+rarity" spreads both parts of each class by latent rarity. errors+rarity at
-    # a share of 0.25 beat rarity alone on utk-gender and utk-age without costing utk-detect
-    # (benchmarks/RESULTS.md, section label-free).
+    # a share of 0.25 was ahead of rarity alone on utk-gender and utk-age (within noise, 5
+    # seeds) without costing utk-detect (benchmarks/RESULTS.md, sections five-seeds, label-free).
     weighting: WeightingName = "errors+rarity"
     # plain epochs before the error set is frozen: the shortcut is learnt by then, the errors not
     # yet memorised (2 and 5 were no better on utk-age; benchmarks/experiments/error-feedback.md)
     error_epoch: int = 3
-    # share of each class's draws its error set gets: 0.5 gains 11 points on utk-age's shortcut
-    # but costs 2.6 points of mean accuracy on utk-gender, where errors are hard faces, not a
-    # group; 0.8 loses 12 points of utk-gender's worst cell
+    # share of each class's draws its error set gets: 0.5 gains 12 points on utk-age's shortcut
+    # but costs 2.8 points of mean accuracy on utk-gender (5 seeds), where errors are hard faces
+    # and make race predict gender; 0.8 loses 12 points of utk-gender's worst cell
     error_share: float = 0.25
     # "learnable" keeps only the errors that training on the other errors teaches (a shortcut's
     # exceptions teach each other, noise does not): three trial epochs of a model copy, once. Not
