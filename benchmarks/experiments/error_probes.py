@@ -4,7 +4,9 @@
 row's cell (age x gender on `utk-age`, race x gender otherwise); `train_epoch` trains a
 classifier (the DB-VAE's encoder, classification loss only) one pass over given rows with the
 project's augmentation. Used by `biased_errors.py`, `learnable_errors.py`, `xrm_errors.py`,
-`latent_probe_errors.py` and the ``learn`` variants of `errors_variants.py`.
+`latent_probe_errors.py` and the ``learn`` variants of `errors_variants.py`; `head_inputs`
+reads a trained model's hidden layer, logits and latent means (`late_errors_probe.py`,
+`latent_probe_errors.py`, `independence_clip.py`).
 """
 
 from __future__ import annotations
@@ -62,3 +64,22 @@ def train_epoch(
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+def head_inputs(
+    model: DBVAE, data: FaceData, rows: np.ndarray
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """The 512-d hidden layer ``(R, H)``, class logits ``(R, C)`` and latent means ``(R, K)``
+    of ``data``'s rows ``rows``, unaugmented, in eval mode."""
+    model.eval()
+    hidden, logits, means = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(rows), 512):
+            h = model.encoder.features[:-1](
+                preprocess(torch.from_numpy(data.images[rows[s : s + 512]]))
+            )
+            out = model.encoder.features[-1](h)
+            hidden.append(h)
+            logits.append(out[:, : model.num_classes])
+            means.append(out[:, model.num_classes : model.num_classes + model.cfg.latent_dim])
+    return torch.cat(hidden).numpy(), torch.cat(logits), torch.cat(means).numpy()

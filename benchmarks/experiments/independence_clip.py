@@ -24,34 +24,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from error_probes import probe_data
+from error_probes import head_inputs, probe_data
 from scipy.optimize import minimize
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
 from debias import load_model
-from debias.model import preprocess
 
 task, seed, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 run = Path(os.environ.get("OUT", "/tmp/lp")) / f"{task}-s{seed}-e{epochs}"
 data, rows, cells = probe_data(task, seed)
 y = data.y[rows]
 model, _ = load_model(run)
-model.eval()
-with torch.no_grad():
-    L, M = [], []
-    for s in range(0, len(rows), 512):
-        hidden = model.encoder.features[:-1](
-            preprocess(torch.from_numpy(data.images[rows[s : s + 512]]))
-        )
-        out = model.encoder.features[-1](hidden)
-        L.append(out[:, : model.num_classes])
-        # FEATURES=hidden: the 512-d layer before the heads instead of the latent means
-        latent = out[:, model.num_classes : model.num_classes + model.cfg.latent_dim]
-        M.append(hidden if os.environ.get("FEATURES") == "hidden" else latent)
-wrong = torch.cat(L).argmax(1).numpy() != y
-M = torch.cat(M).numpy()
+hidden, logits, M = head_inputs(model, data, rows)
+wrong = logits.argmax(1).numpy() != y
+if os.environ.get("FEATURES") == "hidden":  # the 512-d layer before the heads
+    M = hidden
 M = (M - M.mean(0)) / (M.std(0) + 1e-6)
 classes = np.unique(y)
 prior = np.array([(y == k).mean() for k in classes])

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from error_probes import head_inputs
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
 import debias.training as training
 from debias import load_data, load_model
-from debias.model import preprocess
 
 torch.set_num_threads(2)
 D = Path(os.environ.get("SHARED_DATA", "../shared/data"))
@@ -19,21 +19,11 @@ OUT = Path(os.environ.get("OUT", "/tmp/afr"))
 for task in ("utk-age", "utk-gender"):
     for seed in (0, 1, 2):
         model, cfg = load_model(OUT / f"runs/{task}-erm-s{seed}")
-        model.eval()
         data = load_data(
             labels=str(D / f"{task}-train.csv"), groups=["race", "gender"], image_size=64
         )
         rows = training.split_indices(data, 0.1, seed)[0]
-        with torch.no_grad():
-            H, L, M = [], [], []
-            for s in range(0, len(rows), 512):
-                x = preprocess(torch.from_numpy(data.images[rows[s : s + 512]]))
-                h = model.encoder.features[:-1](x)
-                o = model.encoder.features[-1](h)
-                H.append(h)
-                L.append(o[:, : model.num_classes])
-                M.append(o[:, model.num_classes : model.num_classes + model.cfg.latent_dim])
-        H, L, M = torch.cat(H).numpy(), torch.cat(L), torch.cat(M).numpy()
+        H, L, M = head_inputs(model, data, rows)
         y = data.y[rows]
         wrong = L.argmax(1).numpy() != y
         out = []

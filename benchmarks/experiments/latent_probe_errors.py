@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from error_probes import D, probe_data
+from error_probes import D, head_inputs, probe_data
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
 from debias import TrainConfig, load_model, train
-from debias.model import preprocess
 
 task, seed, threads, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
@@ -46,17 +45,7 @@ if not (run / "config.json").exists():
 data, rows, cells = probe_data(task, seed)
 y = data.y[rows]
 model, _ = load_model(run)
-model.eval()
-with torch.no_grad():
-    H, L, M = [], [], []
-    for s in range(0, len(rows), 512):
-        x = preprocess(torch.from_numpy(data.images[rows[s : s + 512]]))
-        h = model.encoder.features[:-1](x)
-        o = model.encoder.features[-1](h)
-        H.append(h)
-        L.append(o[:, : model.num_classes])
-        M.append(o[:, model.num_classes : model.num_classes + model.cfg.latent_dim])
-H, L, M = torch.cat(H).numpy(), torch.cat(L), torch.cat(M).numpy()
+H, L, M = head_inputs(model, data, rows)
 
 
 def shares(wrong: np.ndarray) -> str:
