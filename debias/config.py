@@ -194,6 +194,13 @@ class TrainConfig:
             "Pass --weighting errors+rarity (or errors), or leave --error-filter out.",
         )
         check_option(
+            self.error_filter == "none" or not (self.baseline or self.balance_groups),
+            "error_filter",
+            self.error_filter,
+            "filters the error set, and --baseline and --balance-groups draw without one",
+            "Leave --error-filter out, or --baseline and --balance-groups.",
+        )
+        check_option(
             self.warmup_epochs >= 0,
             "warmup_epochs",
             self.warmup_epochs,

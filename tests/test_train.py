@@ -209,6 +209,18 @@ def test_an_error_filter_needs_an_error_set(labels_dir: Path, tmp_path: Path) ->
         train(config)
 
 
+@pytest.mark.parametrize("setting", [{"baseline": True}, {"balance_groups": ["skin"]}])
+def test_an_error_filter_is_refused_where_no_error_set_is_drawn(
+    labels_dir: Path, tmp_path: Path, setting: dict
+) -> None:
+    config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), error_filter="learnable")
+    for name, value in setting.items():
+        setattr(config, name, value)
+    with pytest.raises(ConfigError, match=r"error-filter.*draw without one"):
+        train(config)
+    assert not (tmp_path / "r").exists()
+
+
 def test_image_size_must_suit_the_encoder(labels_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"))
     config.model.image_size = 40
