@@ -375,7 +375,7 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
     A dataclass cannot tell a default from a value the user typed, so the command line calls
     this with the options it was given: ``--baseline --error-share 0.5`` is refused, not run as
     the plain classifier with the share dropped; so is an ``--error-epoch`` the run never reaches.
-    Mirrors :func:`weighting_for`.
+    Which options are read follows from the method :func:`weighting_for` picks.
 
     Parameters
     ----------
@@ -389,18 +389,23 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
     ConfigError
         Naming the unread options, what overrides them and the fix.
     """
-    if config.balance_groups or config.baseline:
-        found = _given(("weighting", *ERROR_OPTIONS), given)
-        if found and config.balance_groups:
-            raise errors.ConfigError(errors.UNREAD_WITH_BALANCE.format(**found))
-        if found:
-            raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
-    elif config.weighting == "rarity" and (found := _given(ERROR_OPTIONS, given)):
-        raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(**found))
-    elif "error_epoch" in given and config.error_epoch >= config.epochs:
-        raise errors.ConfigError(
-            errors.ERROR_EPOCH_TOO_LATE.format(epoch=config.error_epoch, epochs=config.epochs)
-        )
+    method = weighting_for(config)  # cheap: no method computes anything before its first epoch
+    if isinstance(method, ErrorFeedback):
+        if "error_epoch" in given and config.error_epoch >= config.epochs:
+            raise errors.ConfigError(
+                errors.ERROR_EPOCH_TOO_LATE.format(epoch=config.error_epoch, epochs=config.epochs)
+            )
+        return
+    # --weighting picks between rarity and error feedback; group balancing and the baseline
+    # read neither
+    unread = ERROR_OPTIONS if isinstance(method, LatentRarity) else ("weighting", *ERROR_OPTIONS)
+    if not (found := _given(unread, given)):
+        return
+    if isinstance(method, GroupBalanced):
+        raise errors.ConfigError(errors.UNREAD_WITH_BALANCE.format(**found))
+    if isinstance(method, Uniform):
+        raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
+    raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(**found))
 
 
 def _given(names: tuple[str, ...], given: set[str]) -> dict[str, str]:
