@@ -29,9 +29,10 @@ from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.demo import write_demo
 from debias.jobs.outliers import OutlierConfig, write_outliers
 from debias.jobs.report import ReportConfig, write_report
+from debias.runfolder import read_config
 from debias.training import resume as resume_run
 from debias.training import train as train_run
-from debias.weighting import check_options_read
+from debias.weighting import check_options_read, error_feedback_unreached
 from debias_cli.progress import RichListener
 from debias_cli.tables import show_audit, show_outliers
 
@@ -494,6 +495,15 @@ def train(
         + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
         + ")"
     )
+    ran = TrainConfig.from_dict(read_config(result.run_dir)["train"])
+    if error_feedback_unreached(ran):
+        console.print(
+            f"Note: error feedback starts after epoch {ran.error_epoch} and this run had "
+            f"{ran.epochs}, so it drew uniformly. To debias it, continue it: debias train "
+            f"--resume {result.run_dir} --epochs {max(TrainConfig.epochs, ran.error_epoch + 1)}",
+            markup=False,
+            highlight=False,
+        )
     if result.data.skipped:
         console.print(
             f"{len(result.data.skipped)} unreadable file(s) skipped; all are listed in "

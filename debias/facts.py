@@ -20,9 +20,17 @@ import numpy as np
 import pandas as pd
 
 from debias import errors, files, runfolder
+from debias.config import TrainConfig
 from debias.fairness.audit import INTERSECTION
 from debias.fairness.paired import paired_changes
 from debias.jobs.audit import AUDIT_FILE, PREDICTIONS, AuditConfig
+from debias.weighting import (
+    GroupBalanced,
+    LatentRarity,
+    Uniform,
+    error_feedback_unreached,
+    weighting_for,
+)
 
 
 @dataclass
@@ -312,23 +320,28 @@ def _external_card(
 
 
 def _weighting_words(train: dict[str, Any]) -> str:
-    """How a run weighted its draws, in words (runs saved before error feedback: histograms)."""
-    histograms = (
-        f"latent histograms ({train['combine']} rule, ESS fraction {train['ess_fraction']})"
-    )
-    weighting = train.get("weighting", "rarity")
-    if train["baseline"] or weighting == "rarity":
+    """How a run weighted its draws, in words: what :func:`weighting_for` picked for it."""
+    config = TrainConfig.from_dict(train)
+    method = weighting_for(config)
+    histograms = f"latent histograms ({config.combine} rule, ESS fraction {config.ess_fraction})"
+    if isinstance(method, GroupBalanced):
+        cells = " x ".join(method.columns)
+        return f"draws that weigh every {cells} cell the same within each class (reads labels)"
+    if isinstance(method, LatentRarity):
         return histograms
-    kept = (
-        " that training on the other errors teaches"
-        if train.get("error_filter", "none") == "learnable"
-        else ""
+    if isinstance(method, Uniform):
+        return "uniform draws"
+    if error_feedback_unreached(config):
+        return (
+            f"uniform draws (error feedback starts after epoch {config.error_epoch}, and the run "
+            f"had {config.epochs})"
+        )
+    kept = " that training on the other errors teaches" if method.learnable else ""
+    words = (
+        f"error feedback (the errors of epoch {method.identify_epoch}{kept} get "
+        f"{method.share:.0%} of each class's draws)"
     )
-    errors = (
-        f"error feedback (the errors of epoch {train['error_epoch']}{kept} get "
-        f"{train['error_share']:.0%} of each class's draws)"
-    )
-    return errors + (f" with {histograms}" if weighting == "errors+rarity" else "")
+    return words + (f" with {histograms}" if isinstance(method.within, LatentRarity) else "")
 
 
 def report_subject(

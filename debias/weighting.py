@@ -179,8 +179,8 @@ class LatentRarity(_Stateless):
 class ErrorFeedback:
     """Upweight the training faces an early plain model gets wrong (JTT-style error feedback).
 
-    For the first ``identify_epoch`` epochs the rows are drawn by ``warm`` (uniform: a plain
-    model, which learns whatever shortcut the data offers). Before epoch ``identify_epoch`` the
+    For the first ``identify_epoch`` epochs the rows are drawn uniformly (a plain model, which
+    learns whatever shortcut the data offers). Before epoch ``identify_epoch`` the
     current model classifies every training row; the rows it gets wrong become the error set,
     frozen for the rest of the run (a model trained on them would soon memorise them and the
     signal would vanish). From then on, within each class, the error set gets ``share`` of the
@@ -391,7 +391,7 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
     """
     method = weighting_for(config)  # cheap: no method computes anything before its first epoch
     if isinstance(method, ErrorFeedback):
-        if "error_epoch" in given and config.error_epoch >= config.epochs:
+        if "error_epoch" in given and error_feedback_unreached(config):
             raise errors.ConfigError(
                 errors.ERROR_EPOCH_TOO_LATE.format(epoch=config.error_epoch, epochs=config.epochs)
             )
@@ -406,6 +406,16 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
     if isinstance(method, Uniform):
         raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
     raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(**found))
+
+
+def error_feedback_unreached(config: TrainConfig) -> bool:
+    """Whether a run asks for error feedback but ends before its error set is taken.
+
+    Such a run draws uniformly throughout (``ErrorFeedback`` waits ``error_epoch`` plain epochs):
+    a quick ``--epochs 2`` try of the default. Its model card must not claim error feedback, and
+    the command line says how to reach it (resume with more epochs).
+    """
+    return isinstance(weighting_for(config), ErrorFeedback) and config.error_epoch >= config.epochs
 
 
 def _given(names: tuple[str, ...], given: set[str]) -> dict[str, str]:

@@ -119,6 +119,10 @@ def test_train_and_resume_through_the_cli(labels_dir: Path, tmp_path: Path) -> N
     )
     assert result.exit_code == 0, result.output
     assert f"Run saved to {out}" in result.output
+    # The default's error feedback starts after epoch 3: a 1-epoch run says it drew uniformly.
+    assert "Note: error feedback starts after epoch 3 and this run had 1, so it drew" in (
+        " ".join(result.output.split())
+    )
     result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from conftest import tiny_config
 
-from debias import ModelConfig, train
+from debias import ModelConfig, TrainConfig, train
+from debias.facts import model_card
 from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.outliers import OutlierConfig, write_outliers
 from debias.jobs.report import ReportConfig, write_report
@@ -137,6 +138,31 @@ def test_report_shows_training_composition_and_draws(report_html: Path, report_i
     both = facts["training_composition"]["skin_tone & glasses"]
     assert sum(v["n"] for k, v in both.items() if k.startswith("dark")) == skin["dark"]["n"]
     assert "share of training draws" in report_html.read_text()
+
+
+@pytest.mark.parametrize(
+    "options, method",
+    [
+        (dict(baseline=True), "plain classifier, 10 epochs, latent 100, uniform draws, seed 0."),
+        (
+            dict(baseline=True, balance_groups=["race", "gender"]),
+            "draws that weigh every race x gender cell the same within each class (reads labels)",
+        ),
+        (dict(weighting="rarity"), "DB-VAE, 10 epochs, latent 100, latent histograms (product"),
+        (
+            dict(),
+            "DB-VAE, 10 epochs, latent 100, error feedback (the errors of epoch 3 get 25% of each "
+            "class's draws) with latent histograms (product rule, ESS fraction 0.5), seed 0.",
+        ),
+        (dict(epochs=3), "uniform draws (error feedback starts after epoch 3, and the run had 3)"),
+    ],
+)
+def test_the_model_card_says_how_the_run_drew(options: dict, method: str) -> None:
+    """The method line follows the weighting the run used, not the default's name for it."""
+    data = dict(classes=["a", "b"], source="faces", layout="folders", n_train=8, n_val=2,
+                n_skipped=0, group_columns=["race", "gender"])  # fmt: skip
+    card = model_card({"train": TrainConfig(**options).to_dict(), "data": data}, None, None)
+    assert method in card.method
 
 
 @pytest.fixture(scope="module")
