@@ -6,7 +6,7 @@ classifier (the DB-VAE's encoder, classification loss only) one pass over given 
 project's augmentation. Used by `biased_errors.py`, `learnable_errors.py`, `xrm_errors.py`,
 `latent_probe_errors.py` and the ``learn`` variants of `errors_variants.py`; `head_inputs`
 reads a trained model's hidden layer, logits and latent means (`late_errors_probe.py`,
-`latent_probe_errors.py`, `independence_clip.py`).
+`latent_probe_errors.py`, `independence_clip.py`, `shared_direction.py`).
 """
 
 from __future__ import annotations
