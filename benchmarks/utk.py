@@ -82,6 +82,16 @@ METHODS = {
     ),
     "default": Method("the project's default TrainConfig", {}),
     "rarity": Method("the DB-VAE's latent histograms alone", dict(weighting="rarity")),
+    "mixture": Method(
+        "a joint latent density alone: per class, Gaussian mixtures on the whitened top "
+        "principal axes of the latent means (debias/mixture.py)",
+        dict(weighting="mixture"),
+    ),
+    "errors+mixture": Method(
+        "the default with the joint density in place of the histograms: error feedback at a "
+        "quarter of each class's draws, the mixture spreading the weight within both parts",
+        dict(weighting="errors+mixture", error_share=0.25),
+    ),
     # The error methods pin their share: when the default's share fell from 0.5 to 0.25
     # (9177122), an unpinned "errors+rarity" silently became "default" (same runs, same numbers).
     "errors": Method(

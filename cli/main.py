@@ -336,8 +336,8 @@ def train(
         str | None,
         typer.Option(
             help="How each epoch's draws are weighted: rarity (the DB-VAE's latent histograms), "
-            "errors (what an early plain model gets wrong gets --error-share of its class) or "
-            "errors+rarity.",
+            "mixture (a joint latent density), errors (what an early plain model gets wrong gets "
+            "--error-share of its class), errors+rarity or errors+mixture.",
             show_default=_shown(TrainConfig, "weighting"),
             rich_help_panel="Method",
         ),

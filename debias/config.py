@@ -17,7 +17,7 @@ VaeOn = Literal["auto", "all", "positive"]
 Recon = Literal["l1", "l2"]
 LrSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "bfloat16"]
-WeightingName = Literal["rarity", "errors", "errors+rarity"]
+WeightingName = Literal["rarity", "mixture", "errors", "errors+rarity", "errors+mixture"]
 ErrorFilter = Literal["none", "learnable"]
 
 
@@ -74,8 +74,9 @@ class TrainConfig:
     # for users who have them, and for the oracle the label-free DB-VAE is benchmarked against.
     balance_groups: list[str] | None = None
     # How each epoch's draws are weighted (debias/weighting.py): "rarity" is the DB-VAE's latent
-    # histograms; "errors" gives what an early plain model gets wrong a share of each class's
-    # draws; "errors+rarity" spreads both parts of each class by latent rarity. errors+rarity at
+    # histograms; "mixture" a joint density (Gaussian mixtures, debias/mixture.py); "errors"
+    # gives what an early plain model gets wrong a share of each class's draws; "errors+rarity"
+    # and "errors+mixture" spread both parts of each class by latent rarity. errors+rarity at
     # a share of 0.25 was ahead of rarity alone on utk-gender and utk-age (within noise, 5
     # seeds) without costing utk-detect (benchmarks/RESULTS.md, sections five-seeds, label-free).
     weighting: WeightingName = "errors+rarity"
@@ -187,10 +188,10 @@ class TrainConfig:
             "Pass e.g. 2.",
         )
         check_option(
-            self.error_filter == "none" or self.weighting != "rarity",
+            self.error_filter == "none" or self.weighting.startswith("errors"),
             "error_filter",
             self.error_filter,
-            "filters the error set, and --weighting rarity takes none",
+            f"filters the error set, and --weighting {self.weighting} takes none",
             "Pass --weighting errors+rarity (or errors), or leave --error-filter out.",
         )
         check_option(

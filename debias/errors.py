@@ -83,8 +83,8 @@ UNREAD_WITH_BASELINE = (
     "leave out --baseline."
 )
 UNREAD_WITH_RARITY = (
-    "{options}: not used with --weighting rarity (it keeps no error set). Drop {them}, or pass "
-    "--weighting errors+rarity."
+    "{options}: not used with --weighting {weighting} (it keeps no error set). Drop {them}, or "
+    "pass --weighting errors+{weighting}."
 )
 ERROR_EPOCH_TOO_LATE = (
     "--error-epoch {epoch}: the error set is frozen after epoch {epoch}, and the run has "

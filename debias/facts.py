@@ -323,12 +323,17 @@ def _weighting_words(train: dict[str, Any]) -> str:
     """How a run weighted its draws, in words: what :func:`weighting_for` picked for it."""
     config = TrainConfig.from_dict(train)
     method = weighting_for(config)
-    histograms = f"latent histograms ({config.combine} rule, ESS fraction {config.ess_fraction})"
+    rarity = (
+        "a joint latent density (Gaussian mixtures on whitened principal axes, ESS fraction "
+        f"{config.ess_fraction})"
+        if config.weighting.endswith("mixture")
+        else f"latent histograms ({config.combine} rule, ESS fraction {config.ess_fraction})"
+    )
     if isinstance(method, GroupBalanced):
         cells = " x ".join(method.columns)
         return f"draws that weigh every {cells} cell the same within each class (reads labels)"
     if isinstance(method, LatentRarity):
-        return histograms
+        return rarity
     if isinstance(method, Uniform):
         return "uniform draws"
     if error_feedback_unreached(config):
@@ -341,7 +346,7 @@ def _weighting_words(train: dict[str, Any]) -> str:
         f"error feedback (the errors of epoch {method.identify_epoch}{kept} get "
         f"{method.share:.0%} of each class's draws)"
     )
-    return words + (f" with {histograms}" if isinstance(method.within, LatentRarity) else "")
+    return words + (f" with {rarity}" if isinstance(method.within, LatentRarity) else "")
 
 
 def report_subject(

@@ -96,7 +96,7 @@ def _lookup(
     return torch.cat([*sums, empty]).double(), torch.cat([*maxes, empty]).double()
 
 
-def _temper(log_w: torch.Tensor, ess_fraction: float | None) -> tuple[torch.Tensor, float]:
+def temper(log_w: torch.Tensor, ess_fraction: float | None) -> tuple[torch.Tensor, float]:
     """Scale log-weights by the largest power in [0, 1] that keeps ESS >= ess_fraction * n."""
     log_w = log_w - log_w.max()
     if ess_fraction is None or effective_sample_size(log_w.exp()) >= ess_fraction * len(log_w):
@@ -202,7 +202,7 @@ class LatentHistogram:
             density, max_w = _lookup(m, c_lo, c_hi, log_prob, max_table)  # (Nc,) each
             log_density[members] = density
             log_w = -density if self.combine == "product" else max_w
-            log_w, power = _temper(log_w, self.ess_fraction)
+            log_w, power = temper(log_w, self.ess_fraction)
             w = log_w.exp()
             self.power_[c] = power
             self.ess_by_class_[c] = effective_sample_size(w) / len(members)

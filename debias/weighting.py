@@ -9,7 +9,8 @@ resampling never changes the class balance.
 
 - :class:`Uniform`: every row alike (the plain classifier, and every method's warm-up epochs);
 - :class:`LatentRarity`: the DB-VAE — per-class histograms of the latent means, rare latents
-  drawn more often (:class:`debias.resample.LatentHistogram`);
+  drawn more often (:class:`debias.resample.LatentHistogram`), or a joint density that sees
+  combinations of dimensions (:class:`debias.mixture.LatentMixture`);
 - :class:`ErrorFeedback`: after a few epochs of plain training, the training faces the model
   gets wrong are frozen as an error set (the identification model of JTT, Liu et al. 2021) and
   get a fixed share of their class's draws for the rest of the run; inside the error set and the
@@ -37,6 +38,7 @@ import torch
 
 from debias import errors
 from debias.config import TrainConfig
+from debias.mixture import LatentMixture
 from debias.resample import LatentHistogram
 
 
@@ -156,14 +158,16 @@ class GroupBalanced(_Stateless):
 
 @dataclass
 class LatentRarity(_Stateless):
-    """The DB-VAE: rows in rare regions of their class's latent histograms are drawn more often.
+    """The DB-VAE: rows in rare regions of their class's latent density are drawn more often.
 
-    Rows the VAE does not model (non-faces in detection) carry no density to debias by and are
-    drawn uniformly, keeping their share. Uniform during the first ``warmup_epochs`` epochs,
+    The density is the paper's per-dimension histograms, or a joint Gaussian mixture that sees
+    combinations of dimensions (:class:`debias.mixture.LatentMixture`). Rows the VAE does not
+    model (non-faces in detection) carry no density to debias by and are drawn uniformly,
+    keeping their share. Uniform during the first ``warmup_epochs`` epochs,
     until the latents mean something.
     """
 
-    histogram: Callable[[], LatentHistogram]
+    density: Callable[[], LatentHistogram | LatentMixture]
     warmup_epochs: int = 1
 
     def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
@@ -171,7 +175,7 @@ class LatentRarity(_Stateless):
             return uniform(len(view.y))
         mu, _ = view.encode_modelled()
         y = torch.from_numpy(view.y)
-        fitted = self.histogram().fit(mu, y[view.modelled])
+        fitted = self.density().fit(mu, y[view.modelled])
         return EpochWeights(spread(fitted.weights_, view.modelled), True)
 
 
@@ -365,6 +369,11 @@ def histogram_for(config: TrainConfig) -> LatentHistogram:
     )
 
 
+def mixture_for(config: TrainConfig) -> LatentMixture:
+    """Return the (unfitted) joint latent density a run's settings describe."""
+    return LatentMixture(ess_fraction=config.ess_fraction or None, seed=config.seed)
+
+
 # The options only ErrorFeedback reads.
 ERROR_OPTIONS = ("error_epoch", "error_share", "error_filter")
 
@@ -405,7 +414,7 @@ def check_options_read(config: TrainConfig, given: set[str]) -> None:
         raise errors.ConfigError(errors.UNREAD_WITH_BALANCE.format(**found))
     if isinstance(method, Uniform):
         raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
-    raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(**found))
+    raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(weighting=config.weighting, **found))
 
 
 def error_feedback_unreached(config: TrainConfig) -> bool:
@@ -432,9 +441,11 @@ def weighting_for(config: TrainConfig) -> Weighting:
         return GroupBalanced(list(config.balance_groups))
     if config.baseline:
         return Uniform()
-    rarity = LatentRarity(lambda: histogram_for(config), config.warmup_epochs)
-    if config.weighting == "rarity":
+    joint = config.weighting.endswith("mixture")
+    density = (lambda: mixture_for(config)) if joint else (lambda: histogram_for(config))
+    rarity = LatentRarity(density, config.warmup_epochs)
+    if config.weighting in ("rarity", "mixture"):
         return rarity
-    within: Weighting = rarity if config.weighting == "errors+rarity" else Uniform()
+    within: Weighting = rarity if "+" in config.weighting else Uniform()
     learnable = config.error_filter == "learnable"
     return ErrorFeedback(config.error_epoch, config.error_share, within, learnable, config.seed)

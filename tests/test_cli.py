@@ -88,6 +88,11 @@ def test_bad_options(
             "--error-epoch, --error-share: not used with --weighting rarity (it keeps no error "
             "set). Drop them, or pass --weighting errors+rarity.",
         ),
+        (
+            ["--weighting", "mixture", "--error-share", "0.5"],
+            "--error-share: not used with --weighting mixture (it keeps no error set). Drop it, "
+            "or pass --weighting errors+mixture.",
+        ),
         (["--balance-groups", "skin", "--weighting", "errors"], "not used with --balance"),
         (["--epochs", "3", "--error-epoch", "3"], "--error-epoch 3: the error set is frozen after"),
     ],

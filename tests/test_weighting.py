@@ -14,7 +14,9 @@ import debias.training as training
 import debias.weighting as weighting
 from debias import ModelConfig, train
 from debias.data import write_shortcut_synthetic
+from debias.mixture import LatentMixture
 from debias.progress import SilentListener
+from debias.resample import LatentHistogram
 from debias.runfolder import load_checkpoint, save_checkpoint
 from debias.training import resume, split_indices
 from debias.weighting import (
@@ -208,7 +210,22 @@ def test_weighting_for_reads_the_config() -> None:
     assert isinstance(errors, ErrorFeedback)
     assert (errors.identify_epoch, errors.share) == (3, 0.3)
     assert type(errors.within).__name__ == "LatentRarity"
+    assert isinstance(errors.within.density(), LatentHistogram)
     assert isinstance(weighting_for(tiny_config(baseline=True, weighting="errors")), Uniform)
+    joint = weighting_for(tiny_config(weighting="errors+mixture"))
+    assert isinstance(joint, ErrorFeedback) and isinstance(joint.within.density(), LatentMixture)
+    assert isinstance(weighting_for(tiny_config(weighting="mixture")).density(), LatentMixture)
+
+
+def test_a_run_draws_by_the_joint_density_when_asked(labels_dir, tmp_path) -> None:
+    run = train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), weighting="mixture"))
+    assert [m["resampled"] for m in run.metrics] == [True, True]  # warm-up 0 in tiny_config
+    samples = pd.read_csv(tmp_path / "r" / "samples.csv").query("split == 'train'")
+    weight = samples["sampling_weight"].to_numpy()
+    assert weight.std() > 0.05 * weight.mean()  # not the uniform draw
+    for label in ("a", "b"):  # each class keeps its share
+        members = (samples["label"] == label).to_numpy()
+        assert weight[members].sum() / weight.sum() == pytest.approx(members.mean())
 
 
 def test_error_feedback_run_resumes_with_its_frozen_error_set(labels_dir, tmp_path) -> None:
