@@ -92,6 +92,16 @@ METHODS = {
         "quarter of each class's draws, the mixture spreading the weight within both parts",
         dict(weighting="errors+mixture", error_share=0.25),
     ),
+    "worst-class": Method(
+        "the default, keeping the epoch with the best worst-class validation accuracy "
+        "(--select worst-class; no group labels)",
+        dict(select="worst-class"),
+    ),
+    "worst-cluster": Method(
+        "the default, keeping the epoch with the best worst accuracy over 4 latent clusters of "
+        "each class's validation faces (--select worst-cluster; no group labels)",
+        dict(select="worst-cluster"),
+    ),
     # The error methods pin their share: when the default's share fell from 0.5 to 0.25
     # (9177122), an unpinned "errors+rarity" silently became "default" (same runs, same numbers).
     "errors": Method(

@@ -244,6 +244,16 @@ def train(
             rich_help_panel="Training",
         ),
     ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            help="Which epoch the run keeps: last, worst-class (the best lowest per-class "
+            "validation accuracy) or worst-cluster (the best lowest accuracy over latent "
+            "clusters of each class). Reads no group labels.",
+            show_default=_shown(TrainConfig, "select"),
+            rich_help_panel="Training",
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(

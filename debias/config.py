@@ -19,6 +19,7 @@ LrSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "bfloat16"]
 WeightingName = Literal["rarity", "mixture", "errors", "errors+rarity", "errors+mixture"]
 ErrorFilter = Literal["none", "learnable"]
+Select = Literal["last", "worst-class", "worst-cluster"]
 
 
 @dataclass
@@ -106,6 +107,10 @@ class TrainConfig:
 
     # Optimisation
     epochs: int = 10
+    # Which epoch's weights the run keeps (debias/selection.py): the last (the cosine schedule's
+    # least noisy), or the best by a label-free validation score — the worst class's accuracy,
+    # or the worst over latent clusters of each class
+    select: Select = "last"
     batch_size: int = 32  # the lab's batch
     lr: float = 5e-4  # the lab's Adam step
     lr_schedule: LrSchedule = "cosine"  # decay to 0 by the last step: a less noisy final model
@@ -212,6 +217,7 @@ class TrainConfig:
             ("combine", Combine),
             ("weighting", WeightingName),
             ("error_filter", ErrorFilter),
+            ("select", Select),
             ("vae_on", VaeOn),
             ("recon", Recon),
             ("lr_schedule", LrSchedule),

@@ -86,6 +86,10 @@ UNREAD_WITH_RARITY = (
     "{options}: not used with --weighting {weighting} (it keeps no error set). Drop {them}, or "
     "pass --weighting errors+{weighting}."
 )
+NO_VALIDATION_TO_SELECT = (
+    "--select {rule}: chooses the epoch by validation accuracy, and {data} has no validation "
+    "images. Pass a --val-fraction above 0 (e.g. 0.1), or leave --select out."
+)
 ERROR_EPOCH_TOO_LATE = (
     "--error-epoch {epoch}: the error set is frozen after epoch {epoch}, and the run has "
     "{epochs} epochs, so it would never be used. Pass an --error-epoch below --epochs."

@@ -273,6 +273,7 @@ def model_card(
         method=f"{'plain classifier' if train['baseline'] else 'DB-VAE'}, {train['epochs']} "
         f"epochs, latent {train['model']['latent_dim']}, "
         + _weighting_words(train)
+        + SELECT_WORDS[train.get("select", "last")]
         + f", seed {train['seed']}.",
         evaluation_data=evaluation or "not audited",
         groups="Group labels come from the data's own attributes "
@@ -317,6 +318,14 @@ def _external_card(
         "for evaluation only.",
         caveats=caveats,
     )
+
+
+SELECT_WORDS = {
+    "last": "",
+    "worst-class": ", keeping the epoch with the best worst-class validation accuracy",
+    "worst-cluster": ", keeping the epoch with the best worst accuracy over latent clusters of "
+    "each class's validation images",
+}
 
 
 def _weighting_words(train: dict[str, Any]) -> str:
@@ -530,6 +539,8 @@ def gather_facts(
         facts.training = {
             "epochs": len(metrics),
             "final": metrics[-1] if metrics else None,
+            # the epoch whose weights are the run's model (--select), from 1
+            "kept_epoch": metrics[-1].get("kept_epoch", len(metrics)) if metrics else None,
             "baseline_final": baseline_metrics[-1] if baseline_metrics else None,
         }
     if audit is not None:

@@ -194,7 +194,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model(run_dir: str | os.PathLike[str]) -> tuple[DBVAE, dict[str, Any]]:
-    """Load a run's final model, in eval mode on the CPU, with its ``config.json`` contents.
+    """Load a run's model (the epoch its ``select`` rule kept), in eval mode on the CPU.
 
     Parameters
     ----------
@@ -217,8 +217,10 @@ def load_model(run_dir: str | os.PathLike[str]) -> tuple[DBVAE, dict[str, Any]]:
     train_config = TrainConfig.from_dict(config["train"])
     model = DBVAE(len(config["data"]["classes"]), train_config.model)
     try:
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+        # a run that selects its epoch keeps that epoch's weights beside the last ones (which a
+        # resumed run continues from)
+        model.load_state_dict((state.get("selection") or {}).get("weights") or state["model"])
+    except (KeyError, TypeError, RuntimeError, AttributeError) as exc:
         reason = str(exc).splitlines()[0][:120]
         raise errors.RunError(errors.RUN_MISMATCH.format(path=run_dir, reason=reason)) from None
     return model.eval(), config

@@ -42,6 +42,7 @@ from debias.encode import batches, encode
 from debias.model import DBVAE, Loss, dbvae_loss, preprocess
 from debias.progress import Listener, SilentListener
 from debias.resample import LatentHistogram, effective_sample_size
+from debias.selection import EpochSelection, validation_scores
 from debias.weighting import EpochView, EpochWeights, Weighting, histogram_for, weighting_for
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,13 @@ def _fit(
     if fingerprint is not None and data_now != fingerprint:
         raise errors.RunError(errors.DATA_CHANGED.format(path=run_dir, data=data.source))
     s = _set_up(config, data, device, cluster)
+    if config.select != "last" and len(s.val_idx) == 0:
+        raise errors.ConfigError(
+            errors.NO_VALIDATION_TO_SELECT.format(rule=config.select, data=data.source)
+        )
     weighting = weighting_for(config)
-    history = _restore(s, weighting, state, run_dir) if state is not None else []
+    selection = EpochSelection(config.select)
+    history = _restore(s, weighting, selection, state, run_dir) if state is not None else []
     if cluster.main:
         _write_config(s, run_dir, data_now)
     last: EpochWeights | None = None
@@ -222,9 +228,13 @@ def _fit(
         if not cluster.main:
             continue
         record.update(_validate(s))
+        selection.update(epoch, record, s.model)
+        record["kept_epoch"] = 1 + (epoch if selection.epoch_ is None else selection.epoch_)
         history.append(record)
-        _checkpoint(s, weighting, epoch, history, run_dir)
+        _checkpoint(s, weighting, selection, epoch, history, run_dir)
         listener.epoch_end(record)
+    if selection.weights_ is not None:  # the run's model is the kept epoch's, not the last's
+        s.model.load_state_dict(selection.weights_)
     if cluster.main:
         _write_samples(s, last, weighting, run_dir)
     (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
@@ -339,9 +349,13 @@ def _set_up(
 
 
 def _restore(
-    s: _Setup, weighting: Weighting, state: dict[str, Any], run_dir: Path
+    s: _Setup,
+    weighting: Weighting,
+    selection: EpochSelection,
+    state: dict[str, Any],
+    run_dir: Path,
 ) -> list[dict[str, Any]]:
-    """Load a checkpoint into the set-up and the weighting; return its epochs' metrics."""
+    """Load a checkpoint into the set-up, weighting and selection; return its epochs' metrics."""
     if state["classes"] != s.data.classes:
         raise errors.RunError(
             errors.RESUME_CLASSES.format(
@@ -355,6 +369,7 @@ def _restore(
         s.scaler.load_state_dict(state["scaler"])
     s.sampler_rng.set_state(state["sampler_rng"])
     weighting.load_state_dict(state.get("weighting") or {})
+    selection.load_state_dict(state.get("selection") or {})
     # A new --lr on resume replaces the peak the schedule decays from, from this step on
     factor = s.scheduler.lr_lambdas[0](s.scheduler.last_epoch)
     s.scheduler.base_lrs = [s.config.lr for _ in s.optimizer.param_groups]
@@ -508,21 +523,28 @@ def _train_epoch(
 
 
 def _validate(s: _Setup) -> dict[str, Any]:
-    """Return the validation accuracy, overall and per group."""
+    """Return the validation accuracy, overall and per group, and the selection scores."""
     if len(s.val_idx) == 0:
         return {"val_acc": None, "val_acc_by_group": None}
-    _, probs = encode(s.model, s.data.images, s.val_idx, device=s.device)
-    correct = probs.argmax(1).numpy() == s.data.y[s.val_idx]
+    mu, probs = encode(s.model, s.data.images, s.val_idx, device=s.device)
+    y = s.data.y[s.val_idx]
+    correct = probs.argmax(1).numpy() == y
     return {
         "val_acc": float(correct.mean()),
         "val_acc_by_group": group_accuracy(
             s.data.frame.iloc[s.val_idx], correct, s.data.group_columns
         ),
+        **validation_scores(mu.numpy(), y, correct, s.config.seed),
     }
 
 
 def _checkpoint(
-    s: _Setup, weighting: Weighting, epoch: int, history: list[dict[str, Any]], run_dir: Path
+    s: _Setup,
+    weighting: Weighting,
+    selection: EpochSelection,
+    epoch: int,
+    history: list[dict[str, Any]],
+    run_dir: Path,
 ) -> None:
     """Save everything a resumed run needs, then the metrics file the checkpoint vouches for."""
     runfolder.save_checkpoint(
@@ -538,6 +560,7 @@ def _checkpoint(
             "scaler": s.scaler.state_dict() if s.scaler.is_enabled() else None,
             "sampler_rng": s.sampler_rng.get_state(),
             "weighting": weighting.state_dict(),
+            "selection": selection.state_dict(),
             "metrics": json.dumps(history),
         },
     )

@@ -155,6 +155,12 @@ def test_report_shows_training_composition_and_draws(report_html: Path, report_i
             "class's draws) with latent histograms (product rule, ESS fraction 0.5), seed 0.",
         ),
         (dict(epochs=3), "uniform draws (error feedback starts after epoch 3, and the run had 3)"),
+        (
+            dict(select="worst-cluster", weighting="mixture"),
+            "a joint latent density (Gaussian mixtures on whitened principal axes, ESS fraction "
+            "0.5), keeping the epoch with the best worst accuracy over latent clusters of each "
+            "class's validation images, seed 0.",
+        ),
     ],
 )
 def test_the_model_card_says_how_the_run_drew(options: dict, method: str) -> None:
