@@ -88,3 +88,4 @@ def test_selection_without_validation_images_is_refused(labels_dir, tmp_path) ->
     )
     with pytest.raises(ConfigError, match="--select worst-cluster: chooses the epoch by"):
         train(config)
+    assert not (tmp_path / "r").exists()  # refused before anything is kept
