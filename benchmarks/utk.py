@@ -197,6 +197,10 @@ def run_one(
         "images_per_s": sum(m["images_per_s"] * m["seconds"] for m in result.metrics)
         / train_seconds,
         "val_acc": result.metrics[-1]["val_acc"],
+        # the epoch whose weights were scored (--select), and every epoch's selection scores
+        "kept_epoch": result.metrics[-1].get("kept_epoch", epochs),
+        "val_worst_class": [m.get("val_worst_class") for m in result.metrics],
+        "val_worst_cluster": [m.get("val_worst_cluster") for m in result.metrics],
         "skipped": len(result.data.skipped),
     }
     shutil.rmtree(run_dir, ignore_errors=True)  # the checkpoint is 11 MB; the numbers are kept
