@@ -6,7 +6,7 @@ cell's share of the draws under the histograms and under `debias.mixture.LatentM
 class, k Gaussians on the top `a` whitened principal axes) for a trained run's latent means, and
 for the mixture on the 512-d hidden layer, next to the cells' share of the images. Reads the
 default runs of `latent_probe_errors.py` (epoch 3, when error feedback freezes its set; epoch 12,
-a finished run). Results: `error-set-purity.md`, section 9.
+a finished run). Results: `joint-density-and-selection.md`.
 
     SHARED_DATA=../shared/data OUT=/tmp/lp python benchmarks/experiments/joint_density_probe.py \
         utk-age 0 3    # task, seed, epochs of the run to read
