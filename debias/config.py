@@ -79,7 +79,8 @@ class TrainConfig:
     # gives what an early plain model gets wrong a share of each class's draws; "errors+rarity"
     # and "errors+mixture" spread both parts of each class by latent rarity. errors+rarity at
     # a share of 0.25 was ahead of rarity alone on utk-gender and utk-age (within noise, 5
-    # seeds) without costing utk-detect (benchmarks/RESULTS.md, sections five-seeds, label-free).
+    # seeds) without costing utk-detect (benchmarks/RESULTS.md, sections five-seeds, label-free);
+    # the mixture drew like the histograms (benchmarks/experiments/joint-density-and-selection.md).
     weighting: WeightingName = "errors+rarity"
     # plain epochs before the error set is frozen: the shortcut is learnt by then, the errors not
     # yet memorised (2 and 5 were no better on utk-age; benchmarks/experiments/error-feedback.md)
@@ -109,7 +110,9 @@ class TrainConfig:
     epochs: int = 10
     # Which epoch's weights the run keeps (debias/selection.py): the last (the cosine schedule's
     # least noisy), or the best by a label-free validation score — the worst class's accuracy,
-    # or the worst over latent clusters of each class
+    # or the worst over latent clusters of each class. Those picks fall inside the validation
+    # noise: worst-class kept epoch 3 of 6 on a utk-detect seed and lost 2.3 points of a cell's
+    # recall (benchmarks/experiments/joint-density-and-selection.md)
     select: Select = "last"
     batch_size: int = 32  # the lab's batch
     lr: float = 5e-4  # the lab's Adam step
