@@ -163,8 +163,8 @@ class LatentRarity(_Stateless):
     The density is the paper's per-dimension histograms, or a joint Gaussian mixture that sees
     combinations of dimensions (:class:`debias.mixture.LatentMixture`). Rows the VAE does not
     model (non-faces in detection) carry no density to debias by and are drawn uniformly,
-    keeping their share. Uniform during the first ``warmup_epochs`` epochs,
-    until the latents mean something.
+    keeping their share. Uniform during the first ``warmup_epochs`` epochs, until the latents
+    mean something.
     """
 
     density: Callable[[], LatentHistogram | LatentMixture]
@@ -184,10 +184,10 @@ class ErrorFeedback:
     """Upweight the training faces an early plain model gets wrong (JTT-style error feedback).
 
     For the first ``identify_epoch`` epochs the rows are drawn uniformly (a plain model, which
-    learns whatever shortcut the data offers). Before epoch ``identify_epoch`` the
-    current model classifies every training row; the rows it gets wrong become the error set,
-    frozen for the rest of the run (a model trained on them would soon memorise them and the
-    signal would vanish). From then on, within each class, the error set gets ``share`` of the
+    learns whatever shortcut the data offers). Before epoch ``identify_epoch`` the current model
+    classifies every training row; the rows it gets wrong become the error set, frozen for the
+    rest of the run (a model trained on them would soon memorise them and the signal would
+    vanish). From then on, within each class, the error set gets ``share`` of the
     class's draws and the other rows the rest; inside each part ``within`` (the DB-VAE's latent
     rarity, or uniform) spreads the weight. A class without errors keeps ``within``'s weights.
     Every class gets its error set, also classes the VAE does not model: a detector's missed
