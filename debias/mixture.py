@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from debias.resample import effective_sample_size, temper
+from debias.resample import class_weights, effective_sample_size
 
 
 class LatentMixture:
@@ -86,12 +86,10 @@ class LatentMixture:
         for c in self.classes_.tolist():
             members = (y == c).nonzero().squeeze(1)
             density = self._class_log_density(z[members])  # (Nc,)
-            log_w, power = temper(-density, self.ess_fraction)
-            w = log_w.exp()
             log_density[members] = density
-            weights[members] = w / w.sum() * (len(members) / n)  # the class keeps its share
-            self.power_[c] = power
-            self.ess_by_class_[c] = effective_sample_size(w) / len(members)
+            weights[members], self.power_[c], self.ess_by_class_[c] = class_weights(
+                -density, self.ess_fraction, len(members) / n
+            )
         self.weights_ = weights.to(mu.device)
         self.log_density_ = log_density.to(mu.device)
         self.ess_ = effective_sample_size(weights)

@@ -96,7 +96,7 @@ def _lookup(
     return torch.cat([*sums, empty]).double(), torch.cat([*maxes, empty]).double()
 
 
-def temper(log_w: torch.Tensor, ess_fraction: float | None) -> tuple[torch.Tensor, float]:
+def _temper(log_w: torch.Tensor, ess_fraction: float | None) -> tuple[torch.Tensor, float]:
     """Scale log-weights by the largest power in [0, 1] that keeps ESS >= ess_fraction * n."""
     log_w = log_w - log_w.max()
     if ess_fraction is None or effective_sample_size(log_w.exp()) >= ess_fraction * len(log_w):
@@ -109,6 +109,21 @@ def temper(log_w: torch.Tensor, ess_fraction: float | None) -> tuple[torch.Tenso
         else:
             high = mid
     return low * log_w, low
+
+
+def class_weights(
+    log_w: torch.Tensor, ess_fraction: float | None, share: float
+) -> tuple[torch.Tensor, float, float]:
+    """One class's sampling weights from its rows' log-weights ``(Nc,)``.
+
+    Tempered so the class keeps at least ``ess_fraction`` of its size as effective sample size,
+    and scaled to sum to ``share`` (the class's share of all rows: resampling never changes the
+    class balance). Returns the weights, the temperature power and the ESS as a fraction of the
+    class's size. Both latent densities (histograms, :mod:`debias.mixture`) weight through it.
+    """
+    log_w, power = _temper(log_w, ess_fraction)
+    w = log_w.exp()
+    return w / w.sum() * share, power, effective_sample_size(w) / len(w)
 
 
 class LatentHistogram:
@@ -202,11 +217,9 @@ class LatentHistogram:
             density, max_w = _lookup(m, c_lo, c_hi, log_prob, max_table)  # (Nc,) each
             log_density[members] = density
             log_w = -density if self.combine == "product" else max_w
-            log_w, power = temper(log_w, self.ess_fraction)
-            w = log_w.exp()
-            self.power_[c] = power
-            self.ess_by_class_[c] = effective_sample_size(w) / len(members)
-            weights[members] = w / w.sum() * (len(members) / n)  # the class keeps its share
+            weights[members], self.power_[c], self.ess_by_class_[c] = class_weights(
+                log_w, self.ess_fraction, len(members) / n
+            )
             lo.append(c_lo)
             hi.append(c_hi)
             log_probs.append(log_prob)
