@@ -29,7 +29,6 @@ from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.demo import write_demo
 from debias.jobs.outliers import OutlierConfig, write_outliers
 from debias.jobs.report import ReportConfig, write_report
-from debias.runfolder import read_config
 from debias.training import resume as resume_run
 from debias.training import train as train_run
 from debias.weighting import check_options_read, error_feedback_unreached
@@ -505,7 +504,7 @@ def train(
         + (f", val acc {last['val_acc']:.3f}" if last.get("val_acc") is not None else "")
         + ")"
     )
-    ran = TrainConfig.from_dict(read_config(result.run_dir)["train"])
+    ran = result.config
     if error_feedback_unreached(ran):
         console.print(
             f"Note: error feedback starts after epoch {ran.error_epoch} and this run had "

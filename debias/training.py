@@ -56,6 +56,7 @@ class TrainResult:
     model: DBVAE
     data: FaceData
     metrics: list[dict[str, Any]]
+    config: TrainConfig  # the settings it ran with (a resumed run's, with its new --epochs)
 
 
 def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResult:
@@ -239,7 +240,7 @@ def _fit(
         _write_samples(s, last, weighting, run_dir)
     (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
     distributed.leave(cluster)
-    return TrainResult(run_dir, s.model.eval(), data, history)
+    return TrainResult(run_dir, s.model.eval(), data, history, config)
 
 
 @dataclass
