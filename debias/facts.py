@@ -24,6 +24,7 @@ from debias.config import TrainConfig
 from debias.fairness.audit import INTERSECTION
 from debias.fairness.paired import paired_changes
 from debias.jobs.audit import AUDIT_FILE, PREDICTIONS, AuditConfig
+from debias.mixture import LatentMixture
 from debias.weighting import (
     GroupBalanced,
     LatentRarity,
@@ -332,17 +333,11 @@ def _weighting_words(train: dict[str, Any]) -> str:
     """How a run weighted its draws, in words: what :func:`weighting_for` picked for it."""
     config = TrainConfig.from_dict(train)
     method = weighting_for(config)
-    rarity = (
-        "a joint latent density (Gaussian mixtures on whitened principal axes, ESS fraction "
-        f"{config.ess_fraction})"
-        if config.weighting.endswith("mixture")
-        else f"latent histograms ({config.combine} rule, ESS fraction {config.ess_fraction})"
-    )
     if isinstance(method, GroupBalanced):
         cells = " x ".join(method.columns)
         return f"draws that weigh every {cells} cell the same within each class (reads labels)"
     if isinstance(method, LatentRarity):
-        return rarity
+        return _density_words(method, config)
     if isinstance(method, Uniform):
         return "uniform draws"
     if error_feedback_unreached(config):
@@ -355,7 +350,20 @@ def _weighting_words(train: dict[str, Any]) -> str:
         f"error feedback (the errors of epoch {method.identify_epoch}{kept} get "
         f"{method.share:.0%} of each class's draws)"
     )
-    return words + (f" with {rarity}" if isinstance(method.within, LatentRarity) else "")
+    within = method.within
+    return words + (
+        f" with {_density_words(within, config)}" if isinstance(within, LatentRarity) else ""
+    )
+
+
+def _density_words(rarity: LatentRarity, config: TrainConfig) -> str:
+    """Return the latent density a rarity weighting fits, in words."""
+    if isinstance(rarity.density(), LatentMixture):  # an unfitted estimator: cheap
+        return (
+            "a joint latent density (Gaussian mixtures on whitened principal axes, ESS fraction "
+            f"{config.ess_fraction})"
+        )
+    return f"latent histograms ({config.combine} rule, ESS fraction {config.ess_fraction})"
 
 
 def report_subject(
