@@ -29,9 +29,9 @@ from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.demo import write_demo
 from debias.jobs.outliers import OutlierConfig, write_outliers
 from debias.jobs.report import ReportConfig, write_report
+from debias.methods import check_options_read, error_feedback_unreached
 from debias.training import resume as resume_run
 from debias.training import train as train_run
-from debias.weighting import check_options_read, error_feedback_unreached
 from debias_cli.progress import RichListener
 from debias_cli.tables import show_audit, show_outliers
 

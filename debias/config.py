@@ -129,10 +129,16 @@ class TrainConfig:
     num_workers: int = 0  # decoding processes (0 decodes in this process)
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    # The debiasing method as an object (debias.weighting, debias.methods): when set it wins over
+    # the flat options above (baseline, balance_groups, weighting and their tuning), which are
+    # the command line's way to name one
+    method: Any = None
 
     def validate(self) -> None:
         """Raise ConfigError for values no run can use."""
         self.model.validate()
+        if self.method is not None:
+            getattr(self.method, "validate", lambda: None)()
         for name in ("epochs", "batch_size", "bins"):
             _positive(name, getattr(self, name))
         for name, most in (("epochs", 100_000), ("batch_size", 65_536), ("bins", 10_000)):
@@ -236,8 +242,16 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (the ``train`` section of ``config.json``)."""
-        return dataclasses.asdict(self)
+        """Plain JSON-able dict (the ``train`` section of ``config.json``).
+
+        ``method`` holds the run's method as a nested dict (:func:`debias.methods.to_dict`),
+        whether it was given as an object or named by the flat options.
+        """
+        from debias import methods  # methods builds from this module's options
+
+        d = dataclasses.asdict(dataclasses.replace(self, method=None))
+        d["method"] = methods.to_dict(methods.method_of(self))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -246,6 +260,11 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         model_known = {f.name for f in dataclasses.fields(ModelConfig)}
         model = ModelConfig(**{k: v for k, v in d.pop("model", {}).items() if k in model_known})
+        saved = d.pop("method", None)  # runs before the method objects name it by the options
+        if saved is not None:
+            from debias import methods
+
+            d["method"] = methods.from_dict(saved)
         return cls(**d, model=model)
 
 

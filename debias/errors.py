@@ -19,6 +19,14 @@ class ConfigError(DebiasError):
     """An option or a combination of options is invalid."""
 
 
+def check_parameter(ok: bool, parameter: str, value: object, problem: str, fix: str) -> None:
+    """Raise ConfigError naming a Python parameter, its value, the problem and the fix."""
+    if not ok:
+        raise ConfigError(
+            BAD_PARAMETER.format(parameter=parameter, value=value, problem=problem, fix=fix)
+        )
+
+
 class RunError(DebiasError):
     """A run folder or a checkpoint is missing, incomplete or not safe to load."""
 
@@ -73,6 +81,8 @@ BAD_DEVICE = (
     "--device {device!r} is not a device this machine has ({reason}). Use auto, cpu{available}."
 )
 BAD_OPTION = "--{option} {value!r}: {problem}. {fix}"
+# The same, for a Python parameter (a method's or a density's); the CLI names its flag instead
+BAD_PARAMETER = "{parameter}={value!r}: {problem}. {fix}"
 # Options the run would silently ignore (debias.weighting.check_options_read)
 UNREAD_WITH_BALANCE = (
     "{options}: not used with --balance-groups (it draws by the groups). Drop {them}, or leave "
@@ -89,6 +99,11 @@ UNREAD_WITH_RARITY = (
 NO_VALIDATION_TO_SELECT = (
     "--select {rule}: chooses the epoch by validation accuracy, and {data} has no validation "
     "images. Pass a --val-fraction above 0 (e.g. 0.1), or leave --select out."
+)
+UNKNOWN_METHOD = (
+    "method {kind!r}: not a method this version of debias can rebuild (a method of your own, or "
+    "one from a newer version). Pass the method again: resume(..., method=...) or "
+    "TrainConfig(method=...)."
 )
 ERROR_EPOCH_TOO_LATE = (
     "--error-epoch {epoch}: the error set is frozen after epoch {epoch}, and the run has "

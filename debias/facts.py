@@ -19,19 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from debias import errors, files, runfolder
+from debias import errors, files, methods, runfolder
 from debias.config import TrainConfig
 from debias.fairness.audit import INTERSECTION
 from debias.fairness.paired import paired_changes
 from debias.jobs.audit import AUDIT_FILE, PREDICTIONS, AuditConfig
-from debias.mixture import LatentMixture
-from debias.weighting import (
-    GroupBalanced,
-    LatentRarity,
-    Uniform,
-    error_feedback_unreached,
-    weighting_for,
-)
 
 
 @dataclass
@@ -330,40 +322,9 @@ SELECT_WORDS = {
 
 
 def _weighting_words(train: dict[str, Any]) -> str:
-    """How a run weighted its draws, in words: what :func:`weighting_for` picked for it."""
+    """How a run weighted its draws, in words: its method's own sentence."""
     config = TrainConfig.from_dict(train)
-    method = weighting_for(config)
-    if isinstance(method, GroupBalanced):
-        cells = " x ".join(method.columns)
-        return f"draws that weigh every {cells} cell the same within each class (reads labels)"
-    if isinstance(method, LatentRarity):
-        return _density_words(method, config)
-    if isinstance(method, Uniform):
-        return "uniform draws"
-    if error_feedback_unreached(config):
-        return (
-            f"uniform draws (error feedback starts after epoch {config.error_epoch}, and the run "
-            f"had {config.epochs})"
-        )
-    kept = " that training on the other errors teaches" if method.learnable else ""
-    words = (
-        f"error feedback (the errors of epoch {method.identify_epoch}{kept} get "
-        f"{method.share:.0%} of each class's draws)"
-    )
-    within = method.within
-    return words + (
-        f" with {_density_words(within, config)}" if isinstance(within, LatentRarity) else ""
-    )
-
-
-def _density_words(rarity: LatentRarity, config: TrainConfig) -> str:
-    """Return the latent density a rarity weighting fits, in words."""
-    if isinstance(rarity.density(), LatentMixture):  # an unfitted estimator: cheap
-        return (
-            "a joint latent density (Gaussian mixtures on whitened principal axes, ESS fraction "
-            f"{config.ess_fraction})"
-        )
-    return f"latent histograms ({config.combine} rule, ESS fraction {config.ess_fraction})"
+    return methods.describe(methods.method_of(config), config.epochs)
 
 
 def report_subject(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
+from debias import errors
 from debias.resample import class_weights, effective_sample_size
 
 
@@ -73,6 +74,16 @@ class LatentMixture:
         self.n_axes = n_axes
         self.ess_fraction = ess_fraction
         self.seed = seed
+
+    def validate(self) -> None:
+        """Raise ConfigError for parameters no fit can use."""
+        for name in ("n_mixture", "n_axes"):
+            value = getattr(self, name)
+            errors.check_parameter(isinstance(value, int) and value > 0, name, value,
+                                   "must be a whole number above 0", "Pass e.g. 8.")  # fmt: skip
+        ess = self.ess_fraction
+        errors.check_parameter(ess is None or 0 <= ess <= 1, "ess_fraction", ess,
+                               "must be in [0, 1]", "Pass e.g. 0.5, or None.")  # fmt: skip
 
     def fit(self, mu: torch.Tensor, y: torch.Tensor | None = None) -> LatentMixture:
         """Fit a mixture per class to latent means ``mu`` ``(N, K)`` of classes ``y`` ``(N,)``."""

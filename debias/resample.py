@@ -9,10 +9,13 @@ Pure tensors in, tensors out: no I/O, no devices beyond the input's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
+
+from debias import errors
 
 Combine = Literal["product", "max"]
 
@@ -191,6 +194,22 @@ class LatentHistogram:
         self.combine = combine
         self.ess_fraction = ess_fraction
         self.n_components = n_components
+
+    def validate(self) -> None:
+        """Raise ConfigError for parameters no fit can use."""
+        check = errors.check_parameter
+        bins = self.bins
+        check(isinstance(bins, int) and 0 < bins <= 10_000, "bins", bins,
+              "must be a whole number from 1 to 10000", "Pass e.g. 10.")  # fmt: skip
+        check(isinstance(self.alpha, int | float) and 0 < self.alpha < math.inf, "alpha",
+              self.alpha, "must be a finite number above 0", "Pass e.g. 1e-3.")  # fmt: skip
+        check(self.combine in Combine.__args__, "combine", self.combine, "unknown choice",
+              f"Use one of {', '.join(Combine.__args__)}.")  # fmt: skip
+        check(self.ess_fraction is None or 0 <= self.ess_fraction <= 1, "ess_fraction",
+              self.ess_fraction, "must be in [0, 1]", "Pass e.g. 0.5, or None.")  # fmt: skip
+        n = self.n_components
+        check(n is None or (isinstance(n, int) and n > 0), "n_components", n,
+              "must be a whole number above 0", "Pass e.g. 10, or None.")  # fmt: skip
 
     def fit(self, mu: torch.Tensor, y: torch.Tensor | None = None) -> LatentHistogram:
         """Fit histograms to latent means ``mu`` ``(N, K)`` of classes ``y`` ``(N,)``."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import debias
-from debias import distributed, errors, files, runfolder
+from debias import distributed, errors, files, methods, runfolder
 from debias.augment import augment
 from debias.classes import named_positive
 from debias.config import TrainConfig
@@ -43,7 +43,7 @@ from debias.model import DBVAE, Loss, dbvae_loss, preprocess
 from debias.progress import Listener, SilentListener
 from debias.resample import LatentHistogram, effective_sample_size
 from debias.selection import EpochSelection, validation_scores
-from debias.weighting import EpochView, EpochWeights, Weighting, histogram_for, weighting_for
+from debias.weighting import EpochView, EpochWeights, Weighting
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,19 @@ class TrainResult:
     config: TrainConfig  # the settings it ran with (a resumed run's, with its new --epochs)
 
 
-def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, method: Weighting | None = None, listener: Listener | None = None
+) -> TrainResult:
     """Train a DB-VAE (or, with ``config.baseline``, the plain classifier) into a run folder.
 
     Parameters
     ----------
     config : TrainConfig
         What to train on and how. ``config.out`` is the run folder (default ``runs/<date-time>``).
+    method : Weighting, optional
+        The debiasing method, e.g. ``ErrorFeedback(share=0.5)`` (:mod:`debias.weighting`); it
+        replaces ``config.method`` and the method the flat options name. The object is copied:
+        what the run learns is not written back into it.
     listener : Listener, optional
         Receives progress events.
 
@@ -83,6 +89,8 @@ def train(config: TrainConfig, *, listener: Listener | None = None) -> TrainResu
     >>> from debias import TrainConfig, train
     >>> result = train(TrainConfig(data="faces/", epochs=3))  # doctest: +SKIP
     """
+    if method is not None:
+        config = dataclasses.replace(config, method=method)
     config.validate()
     if config.out is None and distributed.from_env().distributed:
         raise errors.ConfigError(errors.TORCHRUN_OUT)
@@ -114,6 +122,7 @@ def resume(
     data: str | None = None,
     labels: str | None = None,
     allow_changed_data: bool = False,
+    method: Weighting | None = None,
     listener: Listener | None = None,
 ) -> TrainResult:
     """Finish an interrupted run; it ends as an uninterrupted run would.
@@ -135,6 +144,9 @@ def resume(
         Where the run's data is now, if it moved. Its files must be the ones the run started with.
     allow_changed_data : bool
         Continue even though files were added, removed or changed since the run started.
+    method : Weighting, optional
+        The run's method again: needed only for a method of your own, which a run folder names
+        but cannot rebuild.
     listener : Listener, optional
         Receives progress events.
 
@@ -146,7 +158,7 @@ def resume(
     run_dir = Path(run_dir)
     saved = runfolder.read_config(run_dir)
     config = TrainConfig.from_dict(saved["train"])
-    changes = {"epochs": epochs, "device": device, "lr": lr}
+    changes = {"epochs": epochs, "device": device, "lr": lr, "method": method}
     changes.update({"data": _absolute(data), "labels": _absolute(labels)})
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
     config.validate()
@@ -216,7 +228,7 @@ def _fit(
         raise errors.ConfigError(
             errors.NO_VALIDATION_TO_SELECT.format(rule=config.select, data=data.source)
         )
-    weighting = weighting_for(config)
+    weighting = copy.deepcopy(methods.method_of(config))  # learns: never the caller's object
     selection = EpochSelection(config.select)
     history = _restore(s, weighting, selection, state, run_dir) if state is not None else []
     if cluster.main:
@@ -408,6 +420,7 @@ def _epoch_view(s: _Setup, epoch: int, listener: Listener | None = None) -> Epoc
         trial=lambda weights, stream: _trial_epoch(
             s, epoch, weights, stream, listener or SilentListener()
         ),
+        seed=s.config.seed,
     )
 
 
@@ -589,7 +602,7 @@ def _write_samples(
     frame.loc[s.train_idx, "sampling_weight"] = last.weights.double().numpy()
     y = torch.from_numpy(data.y)
     mu_train, _ = encode(s.model, data.images, s.train_idx, device=s.device)
-    by_class = histogram_for(config).fit(mu_train, y[s.train_idx])
+    by_class = methods.histogram_of(config).fit(mu_train, y[s.train_idx])
     frame["latent_log_density"] = np.nan
     frame.loc[s.train_idx, "latent_log_density"] = by_class.log_density_.numpy()
     if len(s.val_idx):
@@ -606,9 +619,8 @@ def _write_samples(
 
 def training_density(config: TrainConfig, mu: torch.Tensor) -> LatentHistogram:
     """Fit the class-free latent density of training faces ``mu`` ``(N, K)`` (``density.pt``)."""
-    return LatentHistogram(
-        bins=config.bins, alpha=config.alpha, n_components=config.density_components
-    ).fit(mu)
+    h = methods.histogram_of(config)
+    return LatentHistogram(bins=h.bins, alpha=h.alpha, n_components=h.n_components).fit(mu)
 
 
 def _write_config(s: _Setup, run_dir: Path, fingerprint: str | None) -> None:

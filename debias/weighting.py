@@ -28,6 +28,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,7 +38,6 @@ import pandas as pd
 import torch
 
 from debias import errors
-from debias.config import TrainConfig
 from debias.mixture import LatentMixture
 from debias.resample import LatentHistogram
 
@@ -64,6 +64,8 @@ class EpochView:
         ``weights`` ``(N,)`` (classification loss only) and returns every training row's class
         probabilities ``(N, C)`` under the copy; the run's model is untouched. ``stream`` (0, 1,
         ...) seeds the copy's draw and augmentation, so different trials draw differently.
+    seed : int
+        The run's seed, for methods that draw at random and were given no seed of their own.
     """
 
     epoch: int
@@ -72,6 +74,7 @@ class EpochView:
     frame: pd.DataFrame
     encoder: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
     trial: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    seed: int = 0
     _cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def encode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +115,13 @@ class EpochWeights:
 
 
 class Weighting(Protocol):
-    """A way to weight the training rows of an epoch; the training loop's only debiasing seam."""
+    """A way to weight the training rows of an epoch; the training loop's only debiasing seam.
+
+    Pass one to :func:`debias.train` (``method=``), as fairlearn's mitigators are passed. The
+    built-in methods below also say what they do in words (:meth:`describe`, for the model
+    card), check their own parameters (:meth:`validate`) and save themselves in ``config.json``
+    (:func:`debias.methods.to_dict`); a method of your own needs only these three methods.
+    """
 
     def epoch_weights(self, view: EpochView) -> EpochWeights:
         """Return the sampling weights of the epoch ``view`` describes."""
@@ -133,17 +142,24 @@ class _Stateless:
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
         pass
 
+    def validate(self) -> None:  # noqa: D102
+        pass
+
 
 def uniform(n: int) -> EpochWeights:
     """Equal weights over ``n`` rows."""
     return EpochWeights(torch.full((n,), 1.0 / n), resampled=False)
 
 
+@dataclass
 class Uniform(_Stateless):
     """Every row alike: the plain classifier's sampling."""
 
     def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
         return uniform(len(view.y))
+
+    def describe(self, epochs: int) -> str:  # noqa: D102
+        return "uniform draws"
 
 
 @dataclass
@@ -155,19 +171,36 @@ class GroupBalanced(_Stateless):
     def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
         return EpochWeights(group_balanced_weights(view.frame, self.columns, view.y), True)
 
+    def validate(self) -> None:  # noqa: D102
+        if not self.columns or not all(isinstance(c, str) and c for c in self.columns):
+            errors.check_parameter(
+                False,
+                "columns",
+                self.columns,
+                "names no group column",
+                "Pass the group columns to balance, e.g. ['race', 'gender'].",
+            )
+
+    def describe(self, epochs: int) -> str:  # noqa: D102
+        cells = " x ".join(self.columns)
+        return f"draws that weigh every {cells} cell the same within each class (reads labels)"
+
+
+Density = LatentHistogram | LatentMixture
+
 
 @dataclass
 class LatentRarity(_Stateless):
     """The DB-VAE: rows in rare regions of their class's latent density are drawn more often.
 
     The density is the paper's per-dimension histograms, or a joint Gaussian mixture that sees
-    combinations of dimensions (:class:`debias.mixture.LatentMixture`). Rows the VAE does not
-    model (non-faces in detection) carry no density to debias by and are drawn uniformly,
-    keeping their share. Uniform during the first ``warmup_epochs`` epochs, until the latents
-    mean something.
+    combinations of dimensions (:class:`debias.mixture.LatentMixture`); either is given unfitted
+    and refitted each epoch. Rows the VAE does not model (non-faces in detection) carry no
+    density to debias by and are drawn uniformly, keeping their share. Uniform during the first
+    ``warmup_epochs`` epochs, until the latents mean something.
     """
 
-    density: Callable[[], LatentHistogram | LatentMixture]
+    density: Density = field(default_factory=lambda: LatentHistogram(ess_fraction=0.5))
     warmup_epochs: int = 1
 
     def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
@@ -175,8 +208,27 @@ class LatentRarity(_Stateless):
             return uniform(len(view.y))
         mu, _ = view.encode_modelled()
         y = torch.from_numpy(view.y)
-        fitted = self.density().fit(mu, y[view.modelled])
+        fitted = copy.deepcopy(self.density).fit(mu, y[view.modelled])
         return EpochWeights(spread(fitted.weights_, view.modelled), True)
+
+    def validate(self) -> None:  # noqa: D102
+        errors.check_parameter(
+            isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
+            "warmup_epochs",
+            self.warmup_epochs,
+            "must be a whole number, 0 or more",
+            "Pass e.g. 1.",
+        )
+        self.density.validate()
+
+    def describe(self, epochs: int) -> str:  # noqa: D102
+        ess = self.density.ess_fraction
+        if isinstance(self.density, LatentMixture):
+            return (
+                "a joint latent density (Gaussian mixtures on whitened principal axes, ESS "
+                f"fraction {ess})"
+            )
+        return f"latent histograms ({self.density.combine} rule, ESS fraction {ess})"
 
 
 @dataclass
@@ -204,15 +256,16 @@ class ErrorFeedback:
         Weights inside the error set and inside the rest.
     learnable : bool
         Keep only the errors that training on the other errors teaches.
-    seed : int
-        Seeds the split of the error set into the folds of :func:`learnable_errors`.
+    seed : int, optional
+        Seeds the split of the error set into the folds of :func:`learnable_errors`; by
+        default the run's seed.
     """
 
     identify_epoch: int = 3
     share: float = 0.25
     within: Weighting = field(default_factory=Uniform)
     learnable: bool = False
-    seed: int = 0
+    seed: int | None = None
     errors_: np.ndarray | None = None  # (N,) bool, frozen at identify_epoch
 
     def epoch_weights(self, view: EpochView) -> EpochWeights:  # noqa: D102
@@ -223,7 +276,8 @@ class ErrorFeedback:
             errors = probs.argmax(1).numpy() != view.y
             if self.learnable:
                 assert view.trial is not None, "learnable errors need the view's trial epochs"
-                errors &= learnable_errors(errors, view.y, view.trial, self.seed)
+                seed = view.seed if self.seed is None else self.seed
+                errors &= learnable_errors(errors, view.y, view.trial, seed)
             self.errors_ = errors
         inner = self.within.epoch_weights(view).weights.double()
         return EpochWeights(error_balanced(inner, self.errors_, view.y, self.share), True)
@@ -236,6 +290,38 @@ class ErrorFeedback:
         errors = state.get("errors")
         self.errors_ = None if errors is None else errors.numpy().astype(bool)
         self.within.load_state_dict(state.get("within", {}))
+
+    def validate(self) -> None:  # noqa: D102
+        errors.check_parameter(
+            0 < self.share < 1, "share", self.share, "must be in (0, 1)", "Pass e.g. 0.25."
+        )
+        errors.check_parameter(
+            isinstance(self.identify_epoch, int) and self.identify_epoch >= 1,
+            "identify_epoch",
+            self.identify_epoch,
+            "must be a whole number above 0",
+            "Pass e.g. 3.",
+        )
+        getattr(self.within, "validate", lambda: None)()
+
+    def unreached(self, epochs: int) -> bool:
+        """Whether a run of ``epochs`` epochs ends before its error set is taken (all uniform)."""
+        return self.identify_epoch >= epochs
+
+    def describe(self, epochs: int) -> str:  # noqa: D102
+        if self.unreached(epochs):
+            return (
+                f"uniform draws (error feedback starts after epoch {self.identify_epoch}, and "
+                f"the run had {epochs})"
+            )
+        kept = " that training on the other errors teaches" if self.learnable else ""
+        words = (
+            f"error feedback (the errors of epoch {self.identify_epoch}{kept} get "
+            f"{self.share:.0%} of each class's draws)"
+        )
+        if isinstance(self.within, LatentRarity):
+            return f"{words} with {self.within.describe(epochs)}"
+        return words
 
 
 TEACHING_SHARE = 0.5  # the teaching fold's share of its class's draws in a trial: a strong dose
@@ -356,96 +442,3 @@ def group_balanced_weights(frame: pd.DataFrame, columns: list[str], y: np.ndarra
     n_cells = pd.Series(y.astype(str)).map(cells_per_class).to_numpy(np.float64)
     w = class_size[y] / len(y) / n_cells / cell_size
     return torch.from_numpy(w / w.sum()).float()
-
-
-def histogram_for(config: TrainConfig) -> LatentHistogram:
-    """Return the (unfitted) latent histogram a run's settings describe."""
-    return LatentHistogram(
-        bins=config.bins,
-        alpha=config.alpha,
-        combine=config.combine,
-        ess_fraction=config.ess_fraction or None,
-        n_components=config.density_components,
-    )
-
-
-def mixture_for(config: TrainConfig) -> LatentMixture:
-    """Return the (unfitted) joint latent density a run's settings describe."""
-    return LatentMixture(ess_fraction=config.ess_fraction or None, seed=config.seed)
-
-
-# The options only ErrorFeedback reads.
-ERROR_OPTIONS = ("error_epoch", "error_share", "error_filter")
-
-
-def check_options_read(config: TrainConfig, given: set[str]) -> None:
-    """Refuse options the user gave that the run's weighting would silently ignore.
-
-    A dataclass cannot tell a default from a value the user typed, so the command line calls
-    this with the options it was given: ``--baseline --error-share 0.5`` is refused, not run as
-    the plain classifier with the share dropped; so is an ``--error-epoch`` the run never reaches.
-    Which options are read follows from the method :func:`weighting_for` picks.
-
-    Parameters
-    ----------
-    config : TrainConfig
-        The run's settings.
-    given : set of str
-        Names of the TrainConfig fields the user set.
-
-    Raises
-    ------
-    ConfigError
-        Naming the unread options, what overrides them and the fix.
-    """
-    method = weighting_for(config)  # cheap: no method computes anything before its first epoch
-    if isinstance(method, ErrorFeedback):
-        if "error_epoch" in given and error_feedback_unreached(config):
-            raise errors.ConfigError(
-                errors.ERROR_EPOCH_TOO_LATE.format(epoch=config.error_epoch, epochs=config.epochs)
-            )
-        return
-    # --weighting picks between rarity and error feedback; group balancing and the baseline
-    # read neither
-    unread = ERROR_OPTIONS if isinstance(method, LatentRarity) else ("weighting", *ERROR_OPTIONS)
-    if not (found := _given(unread, given)):
-        return
-    if isinstance(method, GroupBalanced):
-        raise errors.ConfigError(errors.UNREAD_WITH_BALANCE.format(**found))
-    if isinstance(method, Uniform):
-        raise errors.ConfigError(errors.UNREAD_WITH_BASELINE.format(**found))
-    raise errors.ConfigError(errors.UNREAD_WITH_RARITY.format(weighting=config.weighting, **found))
-
-
-def error_feedback_unreached(config: TrainConfig) -> bool:
-    """Whether a run asks for error feedback but ends before its error set is taken.
-
-    Such a run draws uniformly throughout (``ErrorFeedback`` waits ``error_epoch`` plain epochs):
-    a quick ``--epochs 2`` try of the default. Its model card must not claim error feedback, and
-    the command line says how to reach it (resume with more epochs).
-    """
-    return isinstance(weighting_for(config), ErrorFeedback) and config.error_epoch >= config.epochs
-
-
-def _given(names: tuple[str, ...], given: set[str]) -> dict[str, str]:
-    """Return the message's fields for those of ``names`` the user gave; empty if none."""
-    found = ["--" + name.replace("_", "-") for name in names if name in given]
-    if not found:
-        return {}
-    return {"options": ", ".join(found), "them": "it" if len(found) == 1 else "them"}
-
-
-def weighting_for(config: TrainConfig) -> Weighting:
-    """Return the weighting method a run's settings ask for."""
-    if config.balance_groups:
-        return GroupBalanced(list(config.balance_groups))
-    if config.baseline:
-        return Uniform()
-    joint = config.weighting.endswith("mixture")
-    density = (lambda: mixture_for(config)) if joint else (lambda: histogram_for(config))
-    rarity = LatentRarity(density, config.warmup_epochs)
-    if config.weighting in ("rarity", "mixture"):
-        return rarity
-    within: Weighting = rarity if "+" in config.weighting else Uniform()
-    learnable = config.error_filter == "learnable"
-    return ErrorFeedback(config.error_epoch, config.error_share, within, learnable, config.seed)

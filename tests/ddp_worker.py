@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import debias.training as training
-from debias import ModelConfig, TrainConfig
+from debias import ModelConfig, TrainConfig, methods
 
 BATCH = 16  # the latent and validation passes use EVAL_BATCH, so this tells training apart
 
 record: dict[str, list] = {"weights": [], "draws": [], "trained": [], "trials": []}
 in_trial = [False]  # a trial epoch's draw and batches are not the epoch's
-draw_epoch, batches, weighting_for = training.draw_epoch, training.batches, training.weighting_for
+draw_epoch, batches = training.draw_epoch, training.batches
 
 
 def spy_draw(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D103
@@ -66,15 +66,9 @@ class SpyWeighting:
         self.inner.load_state_dict(state)
 
 
-def spy_weighting_for(config):  # noqa: ANN001, ANN201, D103
-    return SpyWeighting(weighting_for(config))
-
-
 training.draw_epoch, training.batches = spy_draw, spy_batches
-training.weighting_for = spy_weighting_for
 data, out = sys.argv[1], Path(sys.argv[2])
-training.train(
-    TrainConfig(
+config = TrainConfig(
         data=data,
         out=str(out),
         epochs=2,
@@ -82,7 +76,8 @@ training.train(
         error_filter="learnable",  # ... and filtered by trial epochs every rank must agree on
         batch_size=BATCH,
         device="cpu",
-        model=ModelConfig(image_size=32, latent_dim=8, filters=4, hidden=32),
-    )
+    model=ModelConfig(image_size=32, latent_dim=8, filters=4, hidden=32),
 )
+# The run's own method, wrapped: passed as any method is, nothing in the library replaced
+training.train(config, method=SpyWeighting(methods.from_options(config)))
 (out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))

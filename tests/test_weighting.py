@@ -14,6 +14,7 @@ import debias.training as training
 import debias.weighting as weighting
 from debias import ModelConfig, train
 from debias.data import write_shortcut_synthetic
+from debias.methods import from_options
 from debias.mixture import LatentMixture
 from debias.progress import SilentListener
 from debias.resample import LatentHistogram
@@ -27,7 +28,6 @@ from debias.weighting import (
     error_balanced,
     learnable_errors,
     uniform,
-    weighting_for,
 )
 
 
@@ -177,8 +177,7 @@ def test_a_trial_epoch_leaves_the_run_as_it_was(
             tried.append((before, view.trial(uniform(len(view.y)).weights, 0)))
             return super().epoch_weights(view)
 
-    monkeypatch.setattr(training, "weighting_for", lambda config: Trying())
-    trying = train(tiny_config(out=str(tmp_path / "trying"), **config))
+    trying = train(tiny_config(out=str(tmp_path / "trying"), **config), method=Trying())
     a, b = plain.model.state_dict(), trying.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(tried) == 2
@@ -205,16 +204,16 @@ def test_error_feedback_freezes_the_early_models_errors() -> None:
     np.testing.assert_array_equal(restored.errors_, method.errors_)
 
 
-def test_weighting_for_reads_the_config() -> None:
-    errors = weighting_for(tiny_config(weighting="errors+rarity", error_epoch=3, error_share=0.3))
+def test_the_options_name_the_method() -> None:
+    errors = from_options(tiny_config(weighting="errors+rarity", error_epoch=3, error_share=0.3))
     assert isinstance(errors, ErrorFeedback)
     assert (errors.identify_epoch, errors.share) == (3, 0.3)
     assert type(errors.within).__name__ == "LatentRarity"
-    assert isinstance(errors.within.density(), LatentHistogram)
-    assert isinstance(weighting_for(tiny_config(baseline=True, weighting="errors")), Uniform)
-    joint = weighting_for(tiny_config(weighting="errors+mixture"))
-    assert isinstance(joint, ErrorFeedback) and isinstance(joint.within.density(), LatentMixture)
-    assert isinstance(weighting_for(tiny_config(weighting="mixture")).density(), LatentMixture)
+    assert isinstance(errors.within.density, LatentHistogram)
+    assert isinstance(from_options(tiny_config(baseline=True, weighting="errors")), Uniform)
+    joint = from_options(tiny_config(weighting="errors+mixture"))
+    assert isinstance(joint, ErrorFeedback) and isinstance(joint.within.density, LatentMixture)
+    assert isinstance(from_options(tiny_config(weighting="mixture")).density, LatentMixture)
 
 
 def test_a_run_draws_by_the_joint_density_when_asked(labels_dir, tmp_path) -> None:
