@@ -309,6 +309,21 @@ def train(
             rich_help_panel="Model",
         ),
     ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="The encoder: conv4 (the lab's 4-conv network) or resnet18 (torchvision).",
+            show_default=_shown(ModelConfig, "backbone"),
+            rich_help_panel="Model",
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="A local torchvision state dict for the backbone (nothing is downloaded).",
+            rich_help_panel="Model",
+        ),
+    ] = None,
     alpha: Annotated[
         float | None,
         typer.Option(
@@ -529,7 +544,7 @@ def _config_from(given: dict[str, object]) -> TrainConfig:
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
     values = dict(given)
-    for key in ("data", "labels", "out"):
+    for key in ("data", "labels", "out", "weights"):
         if key in values:
             values[key] = str(values[key])
     for key in ("groups", "balance_groups"):

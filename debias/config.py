@@ -30,9 +30,28 @@ class ModelConfig:
     latent_dim: int = 100  # the lab's latent size
     filters: int = 12  # the lab's 4-conv encoder: 12/24/48/72 filters
     hidden: int = 512  # the lab's dense layer before the heads
+    # The encoder (debias/backbones.py): the lab's 4-conv network, or torchvision's resnet18
+    backbone: str = "conv4"
+    weights: str | None = None  # a local state dict for the backbone (torchvision's layout)
 
     def validate(self) -> None:
         """Raise ConfigError for sizes the architecture cannot take."""
+        from debias.backbones import BACKBONES  # the registry builds from this config
+
+        check_option(
+            self.backbone in BACKBONES,
+            "backbone",
+            self.backbone,
+            "unknown backbone",
+            f"Use one of {', '.join(BACKBONES)}.",
+        )
+        check_option(
+            self.weights is None or self.backbone != "conv4",
+            "weights",
+            self.weights,
+            "the conv4 backbone takes no pretrained weights",
+            "Pass --backbone resnet18, or leave --weights out.",
+        )
         check_option(
             self.image_size >= 16 and self.image_size % 16 == 0,
             "image_size",

@@ -45,8 +45,11 @@ def encoded_batches(
     idx: np.ndarray | None,
     device: torch.device,
     on_advance: Callable[[int], None] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, logits, mu, logvar)`` per batch of ``images[idx]`` (all images by default).
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Yield ``(x, taps)`` per batch of ``images[idx]`` (all images by default).
+
+    ``x`` is the preprocessed batch ``(B, 3, S, S)``, ``taps`` the model's named taps of it
+    (:meth:`debias.model.DBVAE.taps`: ``logits``, ``mu``, ``logvar``, ``hidden``, ``pooled``).
 
     Call it under ``torch.no_grad()`` and :func:`eval_mode`. Images of another size than the
     model's are resized (antialiased) first, so any audited or screened image set can be embedded.
@@ -54,8 +57,7 @@ def encoded_batches(
     idx = np.arange(len(images)) if idx is None else idx
     for _, x_u8 in batches(images, idx, EVAL_BATCH):
         x = preprocess(x_u8.to(device), model.cfg.image_size)  # (B, 3, S, S)
-        logits, mu, logvar = model.encode(x)  # (B, C), (B, K), (B, K)
-        yield x, logits, mu, logvar
+        yield x, model.taps(x)
         if on_advance is not None:
             on_advance(len(x))
 
@@ -86,7 +88,7 @@ def encode(
     mus = [torch.zeros(0, model.cfg.latent_dim)]
     probs = [torch.zeros(0, model.num_classes)]
     with eval_mode(model):
-        for _, logits, mu, _ in encoded_batches(model, images, idx, device, on_advance):
-            mus.append(mu.float().cpu())
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        for _, taps in encoded_batches(model, images, idx, device, on_advance):
+            mus.append(taps["mu"].float().cpu())
+            probs.append(torch.softmax(taps["logits"].float(), dim=1).cpu())
     return torch.cat(mus), torch.cat(probs)

@@ -100,6 +100,10 @@ NO_VALIDATION_TO_SELECT = (
     "--select {rule}: chooses the epoch by validation accuracy, and {data} has no validation "
     "images. Pass a --val-fraction above 0 (e.g. 0.1), or leave --select out."
 )
+WEIGHTS_UNREADABLE = (
+    "{path}: not usable as the backbone's weights ({reason}). Pass a torchvision state dict of "
+    "the same architecture, saved with torch.save(model.state_dict(), path)."
+)
 UNKNOWN_METHOD = (
     "method {kind!r}: not a method this version of debias can rebuild (a method of your own, or "
     "one from a newer version). Pass the method again: resume(..., method=...) or "

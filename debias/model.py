@@ -8,12 +8,14 @@ the resampler upweights. Read top to bottom: encoder, decoder, the model, then i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from debias.backbones import get_backbone
 from debias.config import ModelConfig, Recon
 
 
@@ -33,40 +35,57 @@ def preprocess(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
     return x
 
 
-def _conv_block(c_in: int, c_out: int, k: int) -> list[nn.Module]:
-    # The lab's order: convolution, ReLU, then BatchNorm.
-    return [nn.Conv2d(c_in, c_out, k, stride=2, padding=k // 2), nn.ReLU(), nn.BatchNorm2d(c_out)]
-
-
 def _deconv_block(c_in: int, c_out: int, k: int, last: bool = False) -> list[nn.Module]:
     deconv = nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2, output_padding=1)
     return [deconv] if last else [deconv, nn.ReLU()]
 
 
 class Encoder(nn.Module):
-    """The lab's 4-conv encoder; outputs ``num_classes + 2 * latent_dim`` numbers per image."""
+    """A registered backbone (:mod:`debias.backbones`) and one linear head on its ``hidden`` tap.
+
+    The head outputs ``num_classes + 2 * latent_dim`` numbers per image: logits, latent means
+    and log-variances.
+    """
 
     def __init__(self, num_classes: int, cfg: ModelConfig) -> None:
         super().__init__()
-        f, side = cfg.filters, cfg.image_size // 16
-        self.features = nn.Sequential(
-            *_conv_block(3, f, 5),
-            *_conv_block(f, 2 * f, 5),
-            *_conv_block(2 * f, 4 * f, 3),
-            *_conv_block(4 * f, 6 * f, 3),
-            nn.Flatten(),
-            nn.Linear(6 * f * side * side, cfg.hidden),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden, num_classes + 2 * cfg.latent_dim),
-        )
+        self.backbone = get_backbone(cfg)
+        self.head = nn.Linear(self.backbone.out_features, num_classes + 2 * cfg.latent_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map preprocessed images to logits, latent means and log-variances, concatenated."""
-        return self.features(x)  # (B, C + 2K)
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the backbone's taps of preprocessed images and ``head``, ``(B, C + 2K)``."""
+        taps = self.backbone(x)  # pooled (B, P), hidden (B, H)
+        return {**taps, "head": self.head(taps["hidden"])}
+
+
+# Checkpoints written before the backbone seam held the 4-conv encoder as one Sequential
+# ``encoder.features``: layers 0-12 (the convolutions and the flatten), 13-14 (dense, ReLU), 15
+# (the head). Their keys are renamed on load, so every run folder written since still loads.
+_OLD_KEY = re.compile(r"^(.*)encoder\.features\.(\d+)\.(.*)$")
+
+
+def _new_key(key: str) -> str:
+    match = _OLD_KEY.match(key)
+    if match is None:
+        return key
+    prefix, index, rest = match.group(1), int(match.group(2)), match.group(3)
+    if index <= 12:
+        return f"{prefix}encoder.backbone.conv.{index}.{rest}"
+    if index <= 14:
+        return f"{prefix}encoder.backbone.dense.{index - 13}.{rest}"
+    return f"{prefix}encoder.head.{rest}"
+
+
+def _rename_old_keys(state: dict[str, torch.Tensor], *_: object) -> None:
+    for key in [k for k in state if _OLD_KEY.match(k)]:
+        state[_new_key(key)] = state.pop(key)
 
 
 class Decoder(nn.Module):
-    """Mirror of the encoder: latent ``(B, K)`` to an image ``(B, 3, S, S)`` in ``[0, 1]``."""
+    """Latent ``(B, K)`` to an image ``(B, 3, S, S)`` in ``[0, 1]``, whatever the encoder.
+
+    The mirror of the 4-conv encoder; it reads only the latent, so it serves any backbone.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -124,12 +143,24 @@ class DBVAE(nn.Module):
         self.num_classes, self.cfg = num_classes, cfg
         self.encoder = Encoder(num_classes, cfg)
         self.decoder = Decoder(cfg)
+        self._register_load_state_dict_pre_hook(_rename_old_keys)
+
+    def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return every named tap of preprocessed images ``x``.
+
+        ``pooled`` ``(B, P)`` and ``hidden`` ``(B, H)`` from the backbone, then ``logits``
+        ``(B, C)``, ``mu`` and ``logvar`` ``(B, K)`` from the head. The outlier detector, the
+        audit's embeddings and a last-layer repair read these names, never the layers.
+        """
+        taps = self.encoder(x)
+        h = taps.pop("head")  # (B, C + 2K)
+        c, k = self.num_classes, self.cfg.latent_dim
+        return {**taps, "logits": h[:, :c], "mu": h[:, c : c + k], "logvar": h[:, c + k :]}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits, mu, logvar)`` for preprocessed images ``x``."""
-        h = self.encoder(x)  # (B, C + 2K)
-        c, k = self.num_classes, self.cfg.latent_dim
-        return h[:, :c], h[:, c : c + k], h[:, c + k :]  # (B, C), (B, K), (B, K)
+        taps = self.taps(x)
+        return taps["logits"], taps["mu"], taps["logvar"]  # (B, C), (B, K), (B, K)
 
     @staticmethod
     def reparameterize(

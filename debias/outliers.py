@@ -111,12 +111,9 @@ LOW_RES = 4  # side of the generic model's image: a face's layout, none of its f
 MIRROR = True
 
 
-def _feature_layers(model: DBVAE) -> dict[str, torch.nn.Module]:
-    """Return the encoder layers whose outputs the feature components read."""
-    layers = list(model.encoder.features)
-    flatten = next(i for i, m in enumerate(layers) if isinstance(m, torch.nn.Flatten))
-    # The hidden layer's ReLU, and the last conv block's map as the dense layer sees it.
-    return {"hidden_features": layers[-2], "conv_lof": layers[flatten]}
+# Each feature view's tap (DBVAE.taps): the hidden layer, and the last conv block's map as the
+# dense layer sees it
+FEATURE_TAPS = {"hidden_features": "hidden", "conv_lof": "pooled"}
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -207,35 +204,26 @@ def raw_scores(
     features: dict[str, list[list[np.ndarray]]] = {
         name: [[] for _ in range(views)] for name in FEATURES
     }
-    caught: dict[str, torch.Tensor] = {}
-    hooks = [
-        layer.register_forward_hook(lambda _m, _i, o, name=name: caught.__setitem__(name, o))
-        for name, layer in _feature_layers(model).items()
-    ]
-    try:
-        with eval_mode(model):
-            for x, logits, mu, logvar in encoded_batches(model, images, None, device, on_advance):
-                for name in FEATURES:
-                    features[name][0].append(caught[name].float().cpu().numpy())
-                seen = [(x, mu)]  # each view's images and latent means
-                if mirror:
-                    flipped = x.flip(3)
-                    seen.append((flipped, model.encode(flipped)[1]))
-                    for name in FEATURES:  # the hooks caught the mirror images' pass now
-                        features[name][1].append(caught[name].float().cpu().numpy())
-                if reconstruct:
-                    errors = [_reconstruction_errors(model, v, m) for v, m in seen]
-                    out["reconstruction"].append(errors[0][0].cpu().numpy())
-                    ratio = torch.stack([r for _, r in errors]).mean(0)  # (B,)
-                    out["reconstruction_ratio"].append(ratio.cpu().numpy())
-                out["kl"].append(kl_divergence(mu, logvar).cpu().numpy())
-                if positive is not None:
-                    p = torch.softmax(logits.float(), dim=1)[:, positive]
-                    out["not_face"].append((1.0 - p).cpu().numpy())
-                mus.append(mu.float().cpu().numpy())
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with eval_mode(model):
+        for x, taps in encoded_batches(model, images, None, device, on_advance):
+            seen = [(x, taps)]  # each view's images and taps
+            if mirror:
+                flipped = x.flip(3)
+                seen.append((flipped, model.taps(flipped)))
+            for view, (_, view_taps) in enumerate(seen):
+                for name, tap in FEATURE_TAPS.items():
+                    features[name][view].append(view_taps[tap].float().cpu().numpy())
+            if reconstruct:
+                errors = [_reconstruction_errors(model, v, t["mu"]) for v, t in seen]
+                out["reconstruction"].append(errors[0][0].cpu().numpy())
+                ratio = torch.stack([r for _, r in errors]).mean(0)  # (B,)
+                out["reconstruction_ratio"].append(ratio.cpu().numpy())
+            mu = taps["mu"]
+            out["kl"].append(kl_divergence(mu, taps["logvar"]).cpu().numpy())
+            if positive is not None:
+                p = torch.softmax(taps["logits"].float(), dim=1)[:, positive]
+                out["not_face"].append((1.0 - p).cpu().numpy())
+            mus.append(mu.float().cpu().numpy())
     scores = {k: np.concatenate(v).astype(np.float64) for k, v in out.items() if v}
     feats = {
         k: np.stack([np.concatenate(view) for view in v])

@@ -11,6 +11,7 @@ Files are written atomically through :mod:`debias.files`; checkpoints load with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -215,7 +216,9 @@ def load_model(run_dir: str | os.PathLike[str]) -> tuple[DBVAE, dict[str, Any]]:
         raise errors.RunError(errors.RUN_UNFINISHED.format(path=run_dir, missing=SAMPLES))
     state = load_checkpoint(Path(run_dir) / CHECKPOINT)
     train_config = TrainConfig.from_dict(config["train"])
-    model = DBVAE(len(config["data"]["classes"]), train_config.model)
+    # the checkpoint holds every weight: the backbone's starting weights file is not read again
+    shape = dataclasses.replace(train_config.model, weights=None)
+    model = DBVAE(len(config["data"]["classes"]), shape)
     try:
         # a run that selects its epoch keeps that epoch's weights beside the last ones (which a
         # resumed run continues from)

@@ -105,7 +105,11 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     # Absolute data paths: the run can be resumed, audited and reported from any directory
     config = dataclasses.replace(
-        config, out=str(run_dir), data=_absolute(config.data), labels=_absolute(config.labels)
+        config,
+        out=str(run_dir),
+        data=_absolute(config.data),
+        labels=_absolute(config.labels),
+        model=dataclasses.replace(config.model, weights=_absolute(config.model.weights)),
     )
     with _writing(run_dir, created):
         if main:

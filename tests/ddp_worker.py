@@ -69,13 +69,13 @@ class SpyWeighting:
 training.draw_epoch, training.batches = spy_draw, spy_batches
 data, out = sys.argv[1], Path(sys.argv[2])
 config = TrainConfig(
-        data=data,
-        out=str(out),
-        epochs=2,
-        error_epoch=1,  # the error set is taken before epoch 2, from probabilities every rank
-        error_filter="learnable",  # ... and filtered by trial epochs every rank must agree on
-        batch_size=BATCH,
-        device="cpu",
+    data=data,
+    out=str(out),
+    epochs=2,
+    error_epoch=1,  # the error set is taken before epoch 2, from probabilities every rank
+    error_filter="learnable",  # ... and filtered by trial epochs every rank must agree on
+    batch_size=BATCH,
+    device="cpu",
     model=ModelConfig(image_size=32, latent_dim=8, filters=4, hidden=32),
 )
 # The run's own method, wrapped: passed as any method is, nothing in the library replaced

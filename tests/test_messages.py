@@ -73,6 +73,7 @@ def _option_names(command) -> set[str]:  # noqa: ANN001
 HIDDEN = {
     ("train", "out"): "set by --out, which is also the --resume folder",
     ("train", "model"): "the ModelConfig's fields are options of their own",
+    ("train", "method"): "a method object (Python API); the CLI names one by --weighting & co.",
     ("audit", "options"): "the AuditOptions' fields are options of their own",
     ("outliers", "components"): "filled in by the job: what was combined",
 }

@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import tiny_config
 
-import debias.training as training
 import debias.weighting as weighting
 from debias import ModelConfig, train
 from debias.data import write_shortcut_synthetic
