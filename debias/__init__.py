@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "AuditConfig": "debias.jobs.audit",
+    "AuditConfig": "debias.auditfolder",
     "AuditOptions": "debias.fairness.audit",
     "AuditReport": "debias.jobs.audit",
     "AuditResult": "debias.fairness.audit",
@@ -24,6 +24,11 @@ _EXPORTS = {
     "DebiasError": "debias.errors",
     "FaceData": "debias.data",
     "LatentHistogram": "debias.resample",
+    "LatentMixture": "debias.mixture",
+    "LatentRarity": "debias.weighting",
+    "ErrorFeedback": "debias.weighting",
+    "GroupBalanced": "debias.weighting",
+    "Uniform": "debias.weighting",
     "LatentOutlierDetector": "debias.outliers",
     "ModelConfig": "debias.config",
     "RunError": "debias.errors",
@@ -36,6 +41,7 @@ _EXPORTS = {
     "load_data": "debias.data",
     "load_model": "debias.runfolder",
     "preprocess": "debias.model",
+    "report_predictions": "debias.jobs.report",
     "resume": "debias.training",
     "train": "debias.training",
     "write_audit": "debias.jobs.audit",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from debias.config import check_option
+from debias.errors import check_option
 
 # Class names that mean "positive" wherever they appear, first match wins.
 POSITIVE_NAMES = ("1", "true", "True", "yes", "positive", "face")

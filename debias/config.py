@@ -10,9 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from debias import errors
-from debias.resample import Combine
+from debias.errors import check_option
 
+Combine = Literal["product", "max"]  # how per-dimension densities combine (debias.resample)
+# The registry's names (debias.backbones.BACKBONES; a test keeps the two equal)
+BackboneName = Literal["conv4", "resnet18"]
 VaeOn = Literal["auto", "all", "positive"]
 Recon = Literal["l1", "l2"]
 LrSchedule = Literal["constant", "cosine"]
@@ -31,19 +33,17 @@ class ModelConfig:
     filters: int = 12  # the lab's 4-conv encoder: 12/24/48/72 filters
     hidden: int = 512  # the lab's dense layer before the heads
     # The encoder (debias/backbones.py): the lab's 4-conv network, or torchvision's resnet18
-    backbone: str = "conv4"
+    backbone: BackboneName = "conv4"
     weights: str | None = None  # a local state dict for the backbone (torchvision's layout)
 
     def validate(self) -> None:
         """Raise ConfigError for sizes the architecture cannot take."""
-        from debias.backbones import BACKBONES  # the registry builds from this config
-
         check_option(
-            self.backbone in BACKBONES,
+            self.backbone in BackboneName.__args__,
             "backbone",
             self.backbone,
             "unknown backbone",
-            f"Use one of {', '.join(BACKBONES)}.",
+            f"Use one of {', '.join(BackboneName.__args__)}.",
         )
         check_option(
             self.weights is None or self.backbone != "conv4",
@@ -261,15 +261,9 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (the ``train`` section of ``config.json``).
-
-        ``method`` holds the run's method as a nested dict (:func:`debias.methods.to_dict`),
-        whether it was given as an object or named by the flat options.
-        """
-        from debias import methods  # methods builds from this module's options
-
+        """Return a plain JSON-able dict without ``method`` (``methods.config_to_dict`` adds it)."""
         d = dataclasses.asdict(dataclasses.replace(self, method=None))
-        d["method"] = methods.to_dict(methods.method_of(self))
+        del d["method"]
         return d
 
     @classmethod
@@ -279,22 +273,8 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         model_known = {f.name for f in dataclasses.fields(ModelConfig)}
         model = ModelConfig(**{k: v for k, v in d.pop("model", {}).items() if k in model_known})
-        saved = d.pop("method", None)  # runs before the method objects name it by the options
-        if saved is not None:
-            from debias import methods
-
-            d["method"] = methods.from_dict(saved)
+        d.pop("method", None)  # an object: debias.methods.config_from_dict rebuilds it
         return cls(**d, model=model)
-
-
-def check_option(ok: bool, name: str, value: object, problem: str, fix: str) -> None:
-    """Raise ConfigError naming the option, its value, the problem and the fix, unless ``ok``."""
-    if not ok:
-        raise errors.ConfigError(
-            errors.BAD_OPTION.format(
-                option=name.replace("_", "-"), value=value, problem=problem, fix=fix
-            )
-        )
 
 
 def _at_most(name: str, value: int, most: int) -> None:

@@ -19,6 +19,14 @@ class ConfigError(DebiasError):
     """An option or a combination of options is invalid."""
 
 
+def check_option(ok: bool, name: str, value: object, problem: str, fix: str) -> None:
+    """Raise ConfigError naming the option, its value, the problem and the fix, unless ``ok``."""
+    if not ok:
+        raise ConfigError(
+            BAD_OPTION.format(option=name.replace("_", "-"), value=value, problem=problem, fix=fix)
+        )
+
+
 def check_parameter(ok: bool, parameter: str, value: object, problem: str, fix: str) -> None:
     """Raise ConfigError naming a Python parameter, its value, the problem and the fix."""
     if not ok:

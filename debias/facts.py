@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 
 from debias import errors, files, methods, runfolder
-from debias.config import TrainConfig
+from debias.auditfolder import AUDIT_FILE, PREDICTIONS, AuditConfig
 from debias.fairness.audit import INTERSECTION
 from debias.fairness.paired import paired_changes
-from debias.jobs.audit import AUDIT_FILE, PREDICTIONS, AuditConfig
 
 
 @dataclass
@@ -323,7 +322,7 @@ SELECT_WORDS = {
 
 def _weighting_words(train: dict[str, Any]) -> str:
     """How a run weighted its draws, in words: its method's own sentence."""
-    config = TrainConfig.from_dict(train)
+    config = methods.config_from_dict(train)
     return methods.describe(methods.method_of(config), config.epochs)
 
 

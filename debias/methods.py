@@ -21,15 +21,13 @@ import copy
 import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from debias import errors
+from debias.config import TrainConfig
 from debias.mixture import LatentMixture
 from debias.resample import LatentHistogram
 from debias.weighting import ErrorFeedback, GroupBalanced, LatentRarity, Uniform, Weighting
-
-if TYPE_CHECKING:
-    from debias.config import TrainConfig
 
 # Class name -> class, for from_dict: what config.json may name.
 KINDS: dict[str, type] = {}
@@ -90,6 +88,25 @@ def from_options(config: TrainConfig) -> Weighting:
 def method_of(config: TrainConfig) -> Weighting:
     """Return the run's method: ``config.method`` when set, else what its options name."""
     return config.method if config.method is not None else from_options(config)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Return the ``train`` section of ``config.json``: the options and the method, nested.
+
+    The method is saved whether it was given as an object or named by the flat options.
+    """
+    return {**config.to_dict(), "method": to_dict(method_of(config))}
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Rebuild a run's settings and method from :func:`config_to_dict` output.
+
+    Runs saved before methods were objects have no ``method``: their options name it.
+    """
+    config = TrainConfig.from_dict(d)
+    if d.get("method") is not None:
+        config = dataclasses.replace(config, method=from_dict(d["method"]))
+    return config
 
 
 def histogram_of(config: TrainConfig) -> LatentHistogram:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 
 from debias import errors
-
-Combine = Literal["product", "max"]
+from debias.config import Combine
 
 
 def effective_sample_size(weights: torch.Tensor) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from debias import errors, files
+from debias import errors, files, methods
 from debias.config import TrainConfig
 from debias.files import atomic_write
 from debias.model import DBVAE
@@ -180,7 +180,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise errors.RunError(errors.RUN_MISSING.format(path=run_dir, missing=CONFIG))
     config = files.read_json(path, DAMAGED_RUN)
     try:
-        train = TrainConfig.from_dict(config["train"])
+        train = methods.config_from_dict(config["train"])
         train.validate()
         classes = config["data"]["classes"]
         if not (isinstance(classes, list) and len(classes) >= 2):
@@ -190,7 +190,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, AttributeError, errors.ConfigError) as exc:
         problem = f"is incomplete or damaged ({type(exc).__name__}: {str(exc)[:100]})"
         raise files.damaged(path, problem, DAMAGED_RUN) from None
-    config["train"] = train.to_dict()
+    config["train"] = methods.config_to_dict(train)
     return config
 
 

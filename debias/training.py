@@ -36,9 +36,9 @@ from debias.augment import augment
 from debias.classes import named_positive
 from debias.config import TrainConfig
 from debias.data import FaceData, load_data
-from debias.data.manifest import check_groups
 from debias.device import select_device
 from debias.encode import batches, encode
+from debias.fairness.groups import check_groups
 from debias.model import DBVAE, Loss, dbvae_loss, preprocess
 from debias.progress import Listener, SilentListener
 from debias.resample import LatentHistogram, effective_sample_size
@@ -161,7 +161,7 @@ def resume(
     """
     run_dir = Path(run_dir)
     saved = runfolder.read_config(run_dir)
-    config = TrainConfig.from_dict(saved["train"])
+    config = methods.config_from_dict(saved["train"])
     changes = {"epochs": epochs, "device": device, "lr": lr, "method": method}
     changes.update({"data": _absolute(data), "labels": _absolute(labels)})
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
@@ -632,7 +632,7 @@ def _write_config(s: _Setup, run_dir: Path, fingerprint: str | None) -> None:
         run_dir / runfolder.CONFIG,
         {
             "debias_version": debias.__version__,
-            "train": s.config.to_dict(),
+            "train": methods.config_to_dict(s.config),
             "data": {
                 "classes": s.data.classes,
                 "layout": s.data.layout,

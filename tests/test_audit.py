@@ -20,7 +20,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score, precision_score
 
-from debias import ConfigError, DataError
+from debias import ConfigError, DataError, report_predictions
 from debias.fairness.audit import AuditOptions, audit
 from debias.fairness.bootstrap import bootstrap_counts, cell_counts
 from debias.fairness.metrics import metric_keys, metrics_from_counts
@@ -423,9 +423,9 @@ def test_in_memory_module_is_audited_without_files_and_reported(tmp_path) -> Non
     )
     wide = result.wide("group")
     assert wide.loc["u", "accuracy"] == 1.0 and wide.loc["v", "accuracy"] == 0.0
-    html = result.to_report(tmp_path / "mine", name="red-reader")
+    html = report_predictions(result, tmp_path / "mine", name="red-reader")
     facts = json.loads((html.parent / "report.json").read_text())
     assert facts["name"] == "red-reader" and facts["subject"]["kind"] == "predictions"
     assert facts["headline"]["overall_accuracy"] == pytest.approx(0.5)
     with pytest.raises(Exception, match="--overwrite"):
-        result.to_report(tmp_path / "mine")
+        report_predictions(result, tmp_path / "mine")

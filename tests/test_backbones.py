@@ -101,3 +101,9 @@ def test_a_resnet18_run_trains_audits_screens_and_reports(tmp_path: Path) -> Non
     assert config["train"]["model"]["backbone"] == "resnet18"
     assert (tmp_path / "scan.csv").is_file()
     assert "report.html" in {p.name for p in (tmp_path / "report").iterdir()}
+
+
+def test_the_config_names_exactly_the_registered_backbones() -> None:
+    from debias.config import BackboneName
+
+    assert set(BackboneName.__args__) == set(BACKBONES)

@@ -16,7 +16,7 @@ import pytest
 
 from debias.config import ModelConfig, TrainConfig
 from debias.fairness.audit import AuditOptions
-from debias.jobs.audit import AuditConfig
+from debias.auditfolder import AuditConfig
 from debias.jobs.outliers import OutlierConfig
 from debias.jobs.report import ReportConfig
 from debias_cli import main as cli
@@ -26,10 +26,12 @@ ERROR_CLASSES = {"DebiasError", "DataError", "ConfigError", "RunError"}
 
 
 def _is_named_message(node: ast.expr) -> bool:
-    """``errors.NAME`` or ``errors.NAME.format(...)``."""
+    """``errors.NAME`` or ``errors.NAME.format(...)`` (``NAME`` inside errors.py itself)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         if node.func.attr == "format":
             node = node.func.value
+    if isinstance(node, ast.Name):  # errors.py's own helpers (check_option) use its constants
+        return node.id.isupper()
     return (
         isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Name)

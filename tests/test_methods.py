@@ -1,4 +1,4 @@
-"""Methods are objects: passed to train, saved in config.json, rebuilt on resume, named on the card."""
+"""Methods are objects: passed to train, saved in config.json, rebuilt on resume, described."""
 
 from __future__ import annotations
 

@@ -15,15 +15,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+import debias.data.layouts as layouts
 from debias import errors
-from debias.data import layouts
 from debias.data.decode import DEFAULT_CACHE_BYTES, IMAGE_EXTENSIONS, decode_images
+from debias.fairness.groups import RESERVED, check_groups, suitable_groups
 
 Layout = Literal["labels-csv", "class-folders", "utkface", "celeba"]
-
-# Attribute columns with more distinct values than this (age, file ids) are carried, not grouped.
-MAX_GROUP_VALUES = 20
-RESERVED = ("path", "label", "split")
 
 
 @dataclass
@@ -153,28 +150,6 @@ def default_groups(manifest: Manifest) -> list[str]:
     if manifest.layout == "celeba":
         return [c for c in layouts.CELEBA_DEFAULT_GROUPS if c in manifest.frame.columns]
     return suitable_groups(manifest.frame, manifest.attribute_columns)
-
-
-def suitable_groups(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    """Return the ``columns`` with 2 to MAX_GROUP_VALUES distinct non-empty values."""
-    out = []
-    for column in columns:
-        values = frame[column].astype(str)
-        n = values[values != ""].nunique()
-        if 2 <= n <= MAX_GROUP_VALUES:
-            out.append(column)
-    return out
-
-
-def check_groups(frame: pd.DataFrame, groups: Sequence[str]) -> list[str]:
-    """Return ``groups`` as a list, or raise DataError naming the attribute columns there are."""
-    attributes = [c for c in frame.columns if c not in RESERVED]
-    for g in groups:
-        if g not in attributes:
-            raise errors.DataError(
-                errors.UNKNOWN_GROUP.format(group=g, columns=", ".join(attributes) or "none")
-            )
-    return list(groups)
 
 
 def load_data(

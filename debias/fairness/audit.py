@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +23,7 @@ import pandas as pd
 
 from debias import errors
 from debias.classes import positive_class
-from debias.config import check_option
-from debias.data.manifest import check_groups, suitable_groups
+from debias.errors import check_option
 from debias.fairness.bootstrap import bootstrap_counts, cell_counts, interval
 from debias.fairness.disparities import (
     DISPARITY_COLUMNS,
@@ -34,6 +32,7 @@ from debias.fairness.disparities import (
     mark_duplicates,
     reference_group,
 )
+from debias.fairness.groups import check_groups, suitable_groups
 from debias.fairness.metrics import MetricKey, metric_frame, metric_keys, metrics_from_counts
 
 INTERSECTION = " & "  # joins attribute names and their values for the intersection
@@ -222,18 +221,6 @@ class AuditResult:
             "Use wide() for the one-vs-rest rates of each class.",
         )
         return metric
-
-    def to_report(
-        self, folder: str | Path, *, name: str | None = None, overwrite: bool = False
-    ) -> Path:
-        """Write the predictions, their audit and a report about them; return the HTML's path.
-
-        ``folder`` gets ``predictions.csv``, ``audit/`` (as ``debias audit --predictions``
-        writes it, with the same options) and ``report/`` (``report.html``, ``.json``, ``.md``).
-        """
-        from debias.jobs.report import report_predictions  # jobs write files; this stays pure
-
-        return report_predictions(self, folder, name=name, overwrite=overwrite)
 
     def to_json(self) -> str:
         """Return the result as strict JSON: by_group, disparities, summary, classes, options."""

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from debias.data.manifest import suitable_groups
 from debias.fairness.audit import (
     AuditOptions,
     attribute_values,
@@ -24,6 +23,7 @@ from debias.fairness.audit import (
     sensitive_frame,
 )
 from debias.fairness.bootstrap import bootstrap_counts, cell_counts, interval
+from debias.fairness.groups import suitable_groups
 
 WORST = "worst group"  # the row comparing the two models' worst judged groups
 CHANGE_COLUMNS = ["attribute", "group", "n", "judged", "before", "after", "change"]

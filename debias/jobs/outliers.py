@@ -24,11 +24,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 import debias
 from debias import errors, files, runfolder
-from debias.config import check_option
 from debias.data import decode_images
 from debias.data.layouts import image_files, read_csv_table, relative_paths, with_path_column
-from debias.data.manifest import suitable_groups
 from debias.device import select_device
+from debias.errors import check_option
+from debias.fairness.groups import suitable_groups
 from debias.outliers import LatentOutlierDetector, PValueCombine, faces_needed
 from debias.predict import is_attribute
 from debias.progress import Listener, SilentListener
