@@ -8,13 +8,16 @@ on stderr and exit code 1 (``DEBIAS_DEBUG=1`` shows the traceback instead).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
+import re
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,6 +35,7 @@ from debias.jobs.report import ReportConfig, write_report
 from debias.methods import check_options_read, error_feedback_unreached
 from debias.training import resume as resume_run
 from debias.training import train as train_run
+from debias_cli.options import Flag, Row, Toggle, with_options
 from debias_cli.progress import RichListener
 from debias_cli.tables import show_audit, show_outliers
 
@@ -108,7 +112,7 @@ def _errors(resume_hint: Path | None = None) -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
         raise
     except errors.DebiasError as exc:
-        _fail(str(exc))
+        _fail(as_flags(str(exc)))
     except Exception as exc:
         # The machine's errors are the user's to fix; anything else is ours, still one line
         message = errors.environment_message(exc) or errors.BUG.format(
@@ -120,6 +124,54 @@ def _errors(resume_hint: Path | None = None) -> Iterator[None]:
         hint = f" Resume with: debias train --resume {resume_hint}" if resumable else ""
         err_console.print(f"Interrupted.{hint}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+# A Python parameter in a library message: ``image_size=15``, ``strict=True``, ``out=`` (bare)
+_PARAMETER = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=(True\b)?")
+
+
+def as_flags(message: str) -> str:
+    """Rewrite the Python parameters a library message names as this command line's flags.
+
+    The library speaks in parameters (``image_size=15``, ``strict=True``); a command-line user
+    reads flags (``--image-size 15``, ``--strict``). Names that are no option of any command
+    (``race=White`` in a reference) are left as they are.
+    """
+    flags = _flag_table()
+
+    def flag(match: re.Match[str]) -> str:
+        name = flags.get(match.group(1))
+        if name is None:
+            return match.group(0)
+        rest = message[match.end() :]
+        if match.group(2) or not rest or rest[0].isspace() or rest[0] in ",.;:)":
+            return name
+        return name if _PARAMETER.match(rest[1:]) and rest[0] == "/" else name + " "
+
+    return _PARAMETER.sub(flag, message)
+
+
+def _flag_table() -> dict[str, str]:
+    """Python parameter -> flag, read from every command's options: the one table of names."""
+    table: dict[str, str] = {}
+    callbacks = [c.callback for c in app.registered_commands]
+    callbacks += [
+        c.callback for g in app.registered_groups for c in g.typer_instance.registered_commands
+    ]
+    for callback in callbacks:
+        hints = typing.get_type_hints(callback, include_extras=True)
+        for name, parameter in inspect.signature(callback).parameters.items():
+            annotation = hints.get(name, parameter.annotation)  # a built signature has objects
+            # In Annotated, typer takes a first positional "--flag" as the option's default
+            decls = [
+                d
+                for info in getattr(annotation, "__metadata__", ())
+                for d in (getattr(info, "default", None), *(getattr(info, "param_decls", ()) or ()))
+                if isinstance(d, str)
+            ]
+            long = next((d.split("/")[0] for d in decls if d.startswith("--")), None)
+            table.setdefault(name, long or "--" + name.replace("_", "-"))
+    return table
 
 
 def _shown(cls: type, name: str) -> str | bool:
@@ -183,336 +235,141 @@ DeviceOpt = Annotated[
 ]
 
 
+TRAIN_OPTIONS = {
+    "data": Row(Path, "Data", "Folder: class folders, labels.csv, UTKFace names or CelebA."),
+    "labels": Row(Path, "Data", "Labels CSV (path,label,...); paths relative to the CSV's folder."),
+    "target": Row(
+        str, "Data", "Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute."
+    ),
+    "groups": Row(
+        str, "Data", "Comma-separated attribute columns to evaluate by (default: all suitable)."
+    ),
+    "out": Row(Path, "Output", "Run folder (default runs/<date-time>)."),
+    "resume": Row(
+        Path,
+        "Output",
+        "Finish the run in this folder (only --epochs, --device, --lr and a moved "
+        "--data/--labels may change).",
+    ),
+    "allow_changed_data": Row(
+        Flag,
+        "Output",
+        "With --resume: go on although the data's files changed since the run started.",
+    ),
+    "baseline": Row(Flag, "Method", "Train the plain classifier instead."),
+    "balance_groups": Row(
+        str, "Method", "Resample by these group columns instead (reads group labels; the oracle)."
+    ),
+    "strict": Row(Flag, "Data", "Fail on unreadable files instead of skipping."),
+    "epochs": Row(int, "Training", "Passes over the training images."),
+    "select": Row(
+        str,
+        "Training",
+        "Which epoch the run keeps: last, worst-class (the best lowest per-class "
+        "validation accuracy) or worst-cluster (the best lowest accuracy over latent "
+        "clusters of each class). Reads no group labels.",
+    ),
+    "batch_size": Row(int, "Training", "Images per optimisation step."),
+    "lr": Row(float, "Training", "Peak learning rate (Adam)."),
+    "lr_schedule": Row(str, "Training", "cosine or constant."),
+    "latent_dim": Row(int, "Model", "Dimensions of the VAE's latent space."),
+    "image_size": Row(int, "Model", "Side in pixels (multiple of 16)."),
+    "filters": Row(int, "Model", "Filters of the first conv layer."),
+    "hidden": Row(int, "Model", "Width of the dense layer."),
+    "backbone": Row(
+        str, "Model", "The encoder: conv4 (the lab's 4-conv network) or resnet18 (torchvision)."
+    ),
+    "weights": Row(
+        Path, "Model", "A local torchvision state dict for the backbone (nothing is downloaded)."
+    ),
+    "alpha": Row(float, "Method", "Histogram smoothing."),
+    "bins": Row(int, "Method", "Histogram bins per latent dimension."),
+    "combine": Row(str, "Method", "product (paper) or max (lab)."),
+    "ess_fraction": Row(
+        float, "Method", "Keep this effective sample share per class (0 turns it off)."
+    ),
+    "weighting": Row(
+        str,
+        "Method",
+        "How each epoch's draws are weighted: rarity (the DB-VAE's latent histograms), "
+        "mixture (a joint latent density), errors (what an early plain model gets wrong "
+        "gets --error-share of its class), errors+rarity or errors+mixture.",
+    ),
+    "error_epoch": Row(int, "Method", "Epochs of plain training before the error set is frozen."),
+    "error_share": Row(float, "Method", "Share of each class's draws its error set gets."),
+    "error_filter": Row(
+        str,
+        "Method",
+        "none, or learnable: keep only the errors that training on the other errors "
+        "teaches (a shortcut's exceptions teach each other, noise does not; 3 trial "
+        "epochs).",
+    ),
+    "warmup_epochs": Row(int, "Method", "Epochs of uniform sampling before resampling starts."),
+    "density_components": Row(
+        int,
+        "Method",
+        "Histogram this many principal axes of the latents instead of every dimension.",
+    ),
+    "kl_weight": Row(float, "Model", "Weight of the VAE's KL term in the loss."),
+    "recon": Row(str, "Model", "Reconstruction error: l1 or l2."),
+    "vae_on": Row(str, "Method", "auto, all or positive."),
+    "positive_class": Row(str, "Method", "The class the VAE models with --vae-on positive."),
+    "augment": Row(Toggle, "Training", "Flip, colour jitter and +-4 px shifts while training."),
+    "precision": Row(
+        str,
+        "Training",
+        "auto (float16 mixed precision on CUDA, else float32), float32 or bfloat16.",
+    ),
+    "val_fraction": Row(float, "Data", "Share of the images held out for validation."),
+    "seed": Row(int, "Training", "Seed of the split, the initialisation and the sampling."),
+    "device": Row(str, "Machine", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    "num_workers": Row(int, "Machine", "Image decoding processes."),
+}
+
+
 @app.command()
-def train(
-    data: DataOpt = None,
-    labels: LabelsOpt = None,
-    target: TargetOpt = None,
-    groups: GroupsOpt = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Run folder (default runs/<date-time>).", rich_help_panel="Output"),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            help="Finish the run in this folder (only --epochs, --device, --lr and a moved "
-            "--data/--labels may change).",
-            rich_help_panel="Output",
-        ),
-    ] = None,
-    allow_changed_data: Annotated[
-        bool,
-        typer.Option(
-            "--allow-changed-data",
-            help="With --resume: go on although the data's files changed since the run started.",
-            rich_help_panel="Output",
-            metavar="",
-        ),
-    ] = False,
-    baseline: Annotated[
-        bool,
-        typer.Option(
-            "--baseline",
-            help="Train the plain classifier instead.",
-            rich_help_panel="Method",
-            metavar="",
-        ),
-    ] = False,
-    balance_groups: Annotated[
-        str | None,
-        typer.Option(
-            help="Resample by these group columns instead (reads group labels; the oracle).",
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            "--strict",
-            help="Fail on unreadable files instead of skipping.",
-            rich_help_panel="Data",
-            metavar="",
-        ),
-    ] = False,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Passes over the training images.",
-            show_default=_shown(TrainConfig, "epochs"),
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    select: Annotated[
-        str | None,
-        typer.Option(
-            help="Which epoch the run keeps: last, worst-class (the best lowest per-class "
-            "validation accuracy) or worst-cluster (the best lowest accuracy over latent "
-            "clusters of each class). Reads no group labels.",
-            show_default=_shown(TrainConfig, "select"),
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Images per optimisation step.",
-            show_default=_shown(TrainConfig, "batch_size"),
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Peak learning rate (Adam).",
-            show_default=_shown(TrainConfig, "lr"),
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    lr_schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="cosine or constant.",
-            show_default=_shown(TrainConfig, "lr_schedule"),
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    latent_dim: Annotated[
-        int | None,
-        typer.Option(
-            help="Dimensions of the VAE's latent space.",
-            show_default=_shown(ModelConfig, "latent_dim"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Side in pixels (multiple of 16).",
-            show_default=_shown(ModelConfig, "image_size"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    filters: Annotated[
-        int | None,
-        typer.Option(
-            help="Filters of the first conv layer.",
-            show_default=_shown(ModelConfig, "filters"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    hidden: Annotated[
-        int | None,
-        typer.Option(
-            help="Width of the dense layer.",
-            show_default=_shown(ModelConfig, "hidden"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="The encoder: conv4 (the lab's 4-conv network) or resnet18 (torchvision).",
-            show_default=_shown(ModelConfig, "backbone"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="A local torchvision state dict for the backbone (nothing is downloaded).",
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            help="Histogram smoothing.",
-            show_default=_shown(TrainConfig, "alpha"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    bins: Annotated[
-        int | None,
-        typer.Option(
-            help="Histogram bins per latent dimension.",
-            show_default=_shown(TrainConfig, "bins"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    combine: Annotated[
-        str | None,
-        typer.Option(
-            help="product (paper) or max (lab).",
-            show_default=_shown(TrainConfig, "combine"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    ess_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Keep this effective sample share per class (0 turns it off).",
-            show_default=_shown(TrainConfig, "ess_fraction"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    weighting: Annotated[
-        str | None,
-        typer.Option(
-            help="How each epoch's draws are weighted: rarity (the DB-VAE's latent histograms), "
-            "mixture (a joint latent density), errors (what an early plain model gets wrong gets "
-            "--error-share of its class), errors+rarity or errors+mixture.",
-            show_default=_shown(TrainConfig, "weighting"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    error_epoch: Annotated[
-        int | None,
-        typer.Option(
-            help="Epochs of plain training before the error set is frozen.",
-            show_default=_shown(TrainConfig, "error_epoch"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    error_share: Annotated[
-        float | None,
-        typer.Option(
-            help="Share of each class's draws its error set gets.",
-            show_default=_shown(TrainConfig, "error_share"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    error_filter: Annotated[
-        str | None,
-        typer.Option(
-            help="none, or learnable: keep only the errors that training on the other errors "
-            "teaches (a shortcut's exceptions teach each other, noise does not; 3 trial epochs).",
-            show_default=_shown(TrainConfig, "error_filter"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    warmup_epochs: Annotated[
-        int | None,
-        typer.Option(
-            help="Epochs of uniform sampling before resampling starts.",
-            show_default=_shown(TrainConfig, "warmup_epochs"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    density_components: Annotated[
-        int | None,
-        typer.Option(
-            help="Histogram this many principal axes of the latents instead of every dimension.",
-            show_default=_shown(TrainConfig, "density_components"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    kl_weight: Annotated[
-        float | None,
-        typer.Option(
-            help="Weight of the VAE's KL term in the loss.",
-            show_default=_shown(TrainConfig, "kl_weight"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    recon: Annotated[
-        str | None,
-        typer.Option(
-            help="Reconstruction error: l1 or l2.",
-            show_default=_shown(TrainConfig, "recon"),
-            rich_help_panel="Model",
-        ),
-    ] = None,
-    vae_on: Annotated[
-        str | None,
-        typer.Option(
-            help="auto, all or positive.",
-            show_default=_shown(TrainConfig, "vae_on"),
-            rich_help_panel="Method",
-        ),
-    ] = None,
-    positive_class: Annotated[
-        str | None,
-        typer.Option(
-            help="The class the VAE models with --vae-on positive.", rich_help_panel="Method"
-        ),
-    ] = None,
-    augment: Annotated[
-        bool | None,
-        typer.Option(
-            "--augment/--no-augment",
-            help="Flip, colour jitter and +-4 px shifts while training.",
-            rich_help_panel="Training",
-            metavar="",
-        ),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (float16 mixed precision on CUDA, else float32), float32 or bfloat16.",
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(
-            help="Share of the images held out for validation.",
-            show_default=_shown(TrainConfig, "val_fraction"),
-            rich_help_panel="Data",
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed of the split, the initialisation and the sampling.",
-            show_default=_shown(TrainConfig, "seed"),
-            rich_help_panel="Training",
-        ),
-    ] = None,
-    device: DeviceOpt = None,
-    num_workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Image decoding processes.",
-            show_default=_shown(TrainConfig, "num_workers"),
-            rich_help_panel="Machine",
-        ),
-    ] = None,
-) -> None:
+@with_options(TRAIN_OPTIONS, TrainConfig, ModelConfig)
+def train(**options: Any) -> None:
     """Train a debiased classifier (DB-VAE), or the plain baseline, into a run folder."""
-    given = {k: v for k, v in locals().items() if v is not None}
-    with _errors(resume_hint=resume or out):
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    resume = given.get("resume")
+    with _errors(resume_hint=resume or given.get("out")):
         if resume is not None:
-            may_change = {"resume", "epochs", "device", "lr", "data", "labels"}
-            extra = sorted(set(given) - may_change - {"baseline", "strict", "allow_changed_data"})
-            if extra or baseline or strict:
-                raise errors.ConfigError(
-                    errors.RESUME_OPTIONS.format(
-                        path=resume,
-                        options=", ".join("--" + o.replace("_", "-") for o in extra)
-                        or "--baseline/--strict",
-                    )
-                )
-            with RichListener(console) as listener:
-                result = resume_run(
-                    resume,
-                    epochs=epochs,
-                    device=device,
-                    lr=lr,
-                    data=None if data is None else str(data),
-                    labels=None if labels is None else str(labels),
-                    allow_changed_data=allow_changed_data,
-                    listener=listener,
-                )
+            result = _resume_from_cli(resume, given)
         else:
-            if data is None and labels is None:
+            if "data" not in given and "labels" not in given:
                 raise errors.ConfigError(errors.NO_DATA)
             config = _config_from(given)
             check_options_read(config, set(given))
             with RichListener(console) as listener:
                 result = train_run(config, listener=listener)
-    if not result.metrics:  # a torchrun worker: rank 0 reports the run
-        return
+    if result.metrics:  # a torchrun worker has none: rank 0 reports the run
+        _print_run(result)
+
+
+def _resume_from_cli(resume: Path, given: dict[str, Any]) -> Any:
+    """Continue the run at ``resume``; refuse options a resume cannot change."""
+    may_change = {"resume", "epochs", "device", "lr", "data", "labels", "allow_changed_data"}
+    extra = sorted(set(given) - may_change)
+    if extra:
+        raise errors.ConfigError(
+            errors.RESUME_OPTIONS.format(path=resume, options=", ".join(o + "=" for o in extra))
+        )
+    with RichListener(console) as listener:
+        return resume_run(
+            resume,
+            epochs=given.get("epochs"),
+            device=given.get("device"),
+            lr=given.get("lr"),
+            data=str(given["data"]) if "data" in given else None,
+            labels=str(given["labels"]) if "labels" in given else None,
+            allow_changed_data=bool(given.get("allow_changed_data")),
+            listener=listener,
+        )
+
+
+def _print_run(result: Any) -> None:
+    """Say where the run is, how to continue a run too short to debias, and what was skipped."""
     last = result.metrics[-1]
     console.print(
         f"Run saved to {result.run_dir}  (train acc {last['train_acc']:.3f}"
@@ -776,7 +633,7 @@ def audit(
         if fail_on not in ("none", "any", "significant"):
             raise errors.ConfigError(
                 errors.BAD_OPTION.format(
-                    option="fail-on",
+                    option="fail_on",
                     value=fail_on,
                     problem="unknown choice",
                     fix="Use significant, any or none.",
@@ -967,7 +824,7 @@ def report(
                     option="model",
                     value=model,
                     problem=f"differs from the positional {run}",
-                    fix="Pass the model once, as --model.",
+                    fix="Pass the model once, as model=.",
                 )
             )
         chosen = model or run

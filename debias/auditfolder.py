@@ -98,7 +98,7 @@ class AuditConfig:
             )
         check_option(
             self.image_size is None or 8 <= self.image_size <= 4096,
-            "image-size",
+            "image_size",
             self.image_size,
             "out of range",
             "Use 8 to 4096, the size the model was trained at",

@@ -96,7 +96,7 @@ class ResNet(nn.Module):
 def _read_weights(path: str, net: nn.Module) -> dict[str, torch.Tensor]:
     """Read a torchvision state dict from ``path`` (no pickled code), without its ``fc``."""
     file = Path(path)
-    errors.check_parameter(
+    errors.check_option(
         file.is_file(),
         "weights",
         path,

@@ -50,7 +50,7 @@ class ModelConfig:
             "weights",
             self.weights,
             "the conv4 backbone takes no pretrained weights",
-            "Pass --backbone resnet18, or leave --weights out.",
+            "Pass backbone=resnet18, or leave weights= out.",
         )
         check_option(
             self.image_size >= 16 and self.image_size % 16 == 0,
@@ -156,21 +156,17 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError for values no run can use."""
         self.model.validate()
-        if self.method is not None:
-            getattr(self.method, "validate", lambda: None)()
-        for name in ("epochs", "batch_size", "bins"):
+        self._validate_training()
+        self._validate_method()
+        self._validate_choices()
+
+    def _validate_training(self) -> None:
+        """Check the data split, the optimiser and the machine."""
+        for name in ("epochs", "batch_size"):
             _positive(name, getattr(self, name))
-        for name, most in (("epochs", 100_000), ("batch_size", 65_536), ("bins", 10_000)):
+        for name, most in (("epochs", 100_000), ("batch_size", 65_536)):
             _at_most(name, getattr(self, name), most)
-        for name in ("lr", "alpha"):
-            value = getattr(self, name)
-            check_option(
-                isinstance(value, int | float) and 0 < value < math.inf,
-                name,
-                value,
-                "must be a finite number above 0",
-                "Pass a positive number such as 5e-4.",
-            )
+        _finite_positive("lr", self.lr)
         check_option(
             isinstance(self.seed, int) and 0 <= self.seed < 2**32,
             "seed",
@@ -199,6 +195,14 @@ class TrainConfig:
             "must be in [0, 1)",
             "Pass e.g. 0.1.",
         )
+
+    def _validate_method(self) -> None:
+        """Check the method object, or the flat options that name one and tune it."""
+        if self.method is not None:
+            getattr(self.method, "validate", lambda: None)()
+        _positive("bins", self.bins)
+        _at_most("bins", self.bins, 10_000)
+        _finite_positive("alpha", self.alpha)
         check_option(
             self.ess_fraction is None or 0 <= self.ess_fraction <= 1,
             "ess_fraction",
@@ -224,15 +228,15 @@ class TrainConfig:
             self.error_filter == "none" or self.weighting.startswith("errors"),
             "error_filter",
             self.error_filter,
-            f"filters the error set, and --weighting {self.weighting} takes none",
-            "Pass --weighting errors+rarity (or errors), or leave --error-filter out.",
+            f"filters the error set, and weighting={self.weighting} takes none",
+            "Pass weighting=errors+rarity (or errors), or leave error_filter= out.",
         )
         check_option(
             self.error_filter == "none" or not (self.baseline or self.balance_groups),
             "error_filter",
             self.error_filter,
-            "filters the error set, and --baseline and --balance-groups draw without one",
-            "Leave --error-filter out, or --baseline and --balance-groups.",
+            "filters the error set, and baseline=True and balance_groups= draw without one",
+            "Leave error_filter= out, or baseline=True and balance_groups=.",
         )
         check_option(
             self.warmup_epochs >= 0,
@@ -241,6 +245,9 @@ class TrainConfig:
             "must not be negative",
             "Pass 0 or more.",
         )
+
+    def _validate_choices(self) -> None:
+        """Check every option with a fixed set of values."""
         for name, allowed in (
             ("combine", Combine),
             ("weighting", WeightingName),
@@ -279,6 +286,16 @@ class TrainConfig:
 
 def _at_most(name: str, value: int, most: int) -> None:
     check_option(value <= most, name, value, f"must be at most {most}", "Pass a smaller number.")
+
+
+def _finite_positive(name: str, value: float) -> None:
+    check_option(
+        isinstance(value, int | float) and 0 < value < math.inf,
+        name,
+        value,
+        "must be a finite number above 0",
+        "Pass a positive number such as 5e-4.",
+    )
 
 
 def _positive(name: str, value: int) -> None:

@@ -252,7 +252,7 @@ def describe(method: Any, epochs: int) -> str:
 
 def _given(names: tuple[str, ...], given: set[str]) -> dict[str, str]:
     """Return the message's fields for those of ``names`` the user gave; empty if none."""
-    found = ["--" + name.replace("_", "-") for name in names if name in given]
+    found = [name + "=" for name in names if name in given]
     if not found:
         return {}
     return {"options": ", ".join(found), "them": "it" if len(found) == 1 else "them"}

@@ -79,10 +79,10 @@ class LatentMixture:
         """Raise ConfigError for parameters no fit can use."""
         for name in ("n_mixture", "n_axes"):
             value = getattr(self, name)
-            errors.check_parameter(isinstance(value, int) and value > 0, name, value,
+            errors.check_option(isinstance(value, int) and value > 0, name, value,
                                    "must be a whole number above 0", "Pass e.g. 8.")  # fmt: skip
         ess = self.ess_fraction
-        errors.check_parameter(ess is None or 0 <= ess <= 1, "ess_fraction", ess,
+        errors.check_option(ess is None or 0 <= ess <= 1, "ess_fraction", ess,
                                "must be in [0, 1]", "Pass e.g. 0.5, or None.")  # fmt: skip
 
     def fit(self, mu: torch.Tensor, y: torch.Tensor | None = None) -> LatentMixture:

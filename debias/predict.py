@@ -432,7 +432,7 @@ def read_predictions_csv(
                 path=path,
                 column="y_pred",
                 columns=columns,
-                fix="Add the predicted labels as y_pred, or scores as score with --threshold.",
+                fix="Add the predicted labels as y_pred, or scores as score with threshold=.",
             )
         )
     if not len(frame):

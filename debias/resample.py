@@ -195,7 +195,7 @@ class LatentHistogram:
 
     def validate(self) -> None:
         """Raise ConfigError for parameters no fit can use."""
-        check = errors.check_parameter
+        check = errors.check_option
         bins = self.bins
         check(isinstance(bins, int) and 0 < bins <= 10_000, "bins", bins,
               "must be a whole number from 1 to 10000", "Pass e.g. 10.")  # fmt: skip

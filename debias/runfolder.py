@@ -41,7 +41,7 @@ NUMERIC_SAMPLE_COLUMNS = ("latent_log_density", "sampling_weight")
 
 LOCK = ".lock"  # held by the one process writing the run (training or resuming)
 # What a user can do about a damaged file of a run folder
-DAMAGED_RUN = "Train again into a new --out, or restore the run folder from a copy."
+DAMAGED_RUN = "Train again into a new out=, or restore the run folder from a copy."
 
 
 def write_lock(run_dir: str | os.PathLike[str]) -> contextlib.AbstractContextManager[None]:

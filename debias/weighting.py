@@ -173,7 +173,7 @@ class GroupBalanced(_Stateless):
 
     def validate(self) -> None:  # noqa: D102
         if not self.columns or not all(isinstance(c, str) and c for c in self.columns):
-            errors.check_parameter(
+            errors.check_option(
                 False,
                 "columns",
                 self.columns,
@@ -212,7 +212,7 @@ class LatentRarity(_Stateless):
         return EpochWeights(spread(fitted.weights_, view.modelled), True)
 
     def validate(self) -> None:  # noqa: D102
-        errors.check_parameter(
+        errors.check_option(
             isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0,
             "warmup_epochs",
             self.warmup_epochs,
@@ -292,10 +292,10 @@ class ErrorFeedback:
         self.within.load_state_dict(state.get("within", {}))
 
     def validate(self) -> None:  # noqa: D102
-        errors.check_parameter(
+        errors.check_option(
             0 < self.share < 1, "share", self.share, "must be in (0, 1)", "Pass e.g. 0.25."
         )
-        errors.check_parameter(
+        errors.check_option(
             isinstance(self.identify_epoch, int) and self.identify_epoch >= 1,
             "identify_epoch",
             self.identify_epoch,

@@ -427,5 +427,5 @@ def test_in_memory_module_is_audited_without_files_and_reported(tmp_path) -> Non
     facts = json.loads((html.parent / "report.json").read_text())
     assert facts["name"] == "red-reader" and facts["subject"]["kind"] == "predictions"
     assert facts["headline"]["overall_accuracy"] == pytest.approx(0.5)
-    with pytest.raises(Exception, match="--overwrite"):
+    with pytest.raises(Exception, match="overwrite=True"):
         report_predictions(result, tmp_path / "mine")

@@ -47,7 +47,7 @@ def test_class_folders_report_unreadable_files(class_folders: Path) -> None:
 
 def test_strict_makes_unreadable_files_an_error(class_folders: Path) -> None:
     add_bad_files(class_folders / "face")
-    with pytest.raises(DataError, match=r"drop --strict"):
+    with pytest.raises(DataError, match=r"drop strict=True"):
         load_data(class_folders, image_size=16, strict=True)
 
 
@@ -103,7 +103,7 @@ def test_labels_csv_path_escaping_the_folder(labels_dir: Path) -> None:
     "text, match",
     [
         ("picture,label\nimg/1.png,a\n", r"column 'path' not found .* Add a 'path' column"),
-        ("path,cls\nimg/1.png,a\n", r"column 'label' not found .*--target"),
+        ("path,cls\nimg/1.png,a\n", r"column 'label' not found .*target="),
         ("path,label\nimg/1.png,\nimg/2.png,b\n", r"empty 'label'"),
         (
             "path,label\nimg/1.png,NaN\nimg/2.png,b\n",
@@ -146,7 +146,7 @@ def test_utkface_names(utkface_dir: Path) -> None:
 def test_utkface_targets(utkface_dir: Path) -> None:
     assert len(load_data(utkface_dir, target="race", image_size=16).classes) == 5
     assert load_data(utkface_dir, target="age-bucket", image_size=16).classes == ["18-29", "30-44"]
-    with pytest.raises(DataError, match=r"--target 'smile' .* gender, race, age-bucket"):
+    with pytest.raises(DataError, match=r"target='smile' .* gender, race, age-bucket"):
         load_data(utkface_dir, target="smile")
 
 
@@ -179,7 +179,7 @@ def test_celeba_layout_and_partition(celeba_dir: Path) -> None:
     assert len(data) == 25  # the test partition is held out
     assert data.frame["split"].value_counts().to_dict() == {"train": 20, "val": 5}
     assert data.group_columns == ["Young"]  # the default CelebA groups that exist here
-    with pytest.raises(DataError, match=r"--target 'Bald' .* Choose one of: Male, Smiling, Young"):
+    with pytest.raises(DataError, match=r"target='Bald' .* Choose one of: Male, Smiling, Young"):
         load_data(celeba_dir, target="Bald")
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
+from typer.testing import CliRunner
 
+from debias import errors, train
+from debias.auditfolder import AuditConfig
 from debias.config import ModelConfig, TrainConfig
 from debias.fairness.audit import AuditOptions
-from debias.auditfolder import AuditConfig
 from debias.jobs.outliers import OutlierConfig
 from debias.jobs.report import ReportConfig
 from debias_cli import main as cli
+from debias_cli.main import as_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 ERROR_CLASSES = {"DebiasError", "DataError", "ConfigError", "RunError"}
@@ -106,3 +111,43 @@ def test_cli_options_and_config_fields_match(command: str, configs: list[type]) 
     extra = {option for (cmd, option) in NOT_FIELDS if cmd == command}
     assert fields - hidden - options == set(), "config fields without a CLI option"
     assert options - fields - extra == set(), "CLI options without a config field"
+
+
+def _flags_outside_commands(text: str) -> list[str]:
+    """The ``--flags`` a message names, other than inside a ``debias <command> ...`` to run."""
+    commands = re.compile(
+        r"debias (?:train|audit|outliers|report|demo|data)\b[^.]*(?:\.\.\.[^.]*)?"
+    )
+    return re.findall(r"--[a-z][a-z-]*", commands.sub("", text))
+
+
+def test_library_messages_name_parameters_not_flags() -> None:
+    named = {
+        name: value
+        for name, value in vars(errors).items()
+        if name.isupper() and isinstance(value, str)
+    }
+    assert {name: _flags_outside_commands(v) for name, v in named.items() if
+            _flags_outside_commands(v)} == {}  # fmt: skip
+
+
+def test_the_same_mistake_reads_as_a_parameter_in_python_and_a_flag_in_the_cli(
+    labels_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(errors.DataError) as caught:
+        train(tiny_config(data=str(labels_dir), out=str(tmp_path / "a"), groups=["tone"]))
+    assert str(caught.value).startswith("groups='tone' is not a column")
+    assert "--" not in str(caught.value)
+    with pytest.raises(errors.ConfigError, match=r"^image_size=15: ") as caught:
+        train(tiny_config(data=str(labels_dir), model=ModelConfig(image_size=15)))
+    cli_run = CliRunner().invoke(
+        cli.app,
+        ["train", "--data", str(labels_dir), "--groups", "tone", "--out", str(tmp_path / "b")],
+    )
+    assert cli_run.exit_code == 1
+    assert "Error: --groups 'tone' is not a column" in cli_run.output
+    assert "groups=" not in cli_run.output
+    size = CliRunner().invoke(cli.app, ["train", "--data", str(labels_dir), "--image-size", "15"])
+    assert "Error: --image-size 15: " in size.output and "image_size=" not in size.output
+    strict = as_flags("3 file(s) could not be used; drop strict=True, or pass out=. mean=/std=")
+    assert strict == "3 file(s) could not be used; drop --strict, or pass --out. --mean/--std"

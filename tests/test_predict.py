@@ -236,7 +236,7 @@ def test_model_with_wrong_number_of_outputs_names_the_fix(
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
     module(torch.zeros(1, 3, 32, 32))
     torch.jit.save(torch.jit.trace(module.eval(), torch.zeros(2, 3, 32, 32)), str(path))
-    with pytest.raises(RunError, match="expected .N, 2. for classes face, not_face.*--classes"):
+    with pytest.raises(RunError, match="expected .N, 2. for classes face, not_face.*classes="):
         write_audit(
             AuditConfig(model=str(path), data=str(data), image_size=32, out=str(tmp_path / "o"))
         )

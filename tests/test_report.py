@@ -266,7 +266,7 @@ def test_existing_report_is_kept_unless_overwrite(external, tmp_path: Path) -> N
     config = ReportConfig(audit=str(external["audit"]), out=str(tmp_path / "r"))
     first = write_report(config)
     before = first.read_bytes()
-    with pytest.raises(RunError, match="already holds a debias report.*--overwrite"):
+    with pytest.raises(RunError, match="already holds a debias report.*overwrite=True"):
         write_report(config)
     assert first.read_bytes() == before
     write_report(ReportConfig(audit=str(external["audit"]), out=str(tmp_path / "r"),

@@ -86,6 +86,6 @@ def test_selection_without_validation_images_is_refused(labels_dir, tmp_path) ->
     config = tiny_config(
         data=str(labels_dir), out=str(tmp_path / "r"), val_fraction=0.0, select="worst-cluster"
     )
-    with pytest.raises(ConfigError, match="--select worst-cluster: chooses the epoch by"):
+    with pytest.raises(ConfigError, match="select=worst-cluster: chooses the epoch by"):
         train(config)
     assert not (tmp_path / "r").exists()  # refused before anything is kept

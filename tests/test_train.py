@@ -161,7 +161,7 @@ def test_vae_models_faces_only_for_detection(
 
 
 def test_vae_on_positive_needs_a_positive_class(labels_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--positive-class"):
+    with pytest.raises(ConfigError, match=r"positive_class="):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), vae_on="positive"))
     result = train(
         tiny_config(
@@ -177,7 +177,7 @@ def test_vae_on_positive_needs_a_positive_class(labels_dir: Path, tmp_path: Path
 
 def test_an_existing_run_is_not_overwritten(labels_dir: Path, tmp_path: Path) -> None:
     train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), epochs=1))
-    with pytest.raises(RunError, match=r"already holds a run. Pass --resume"):
+    with pytest.raises(RunError, match=r"already holds a run. Pass resume="):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), epochs=1))
     with pytest.raises(RunError, match=r"already finished all 1 epochs"):
         resume(tmp_path / "r")
@@ -192,7 +192,7 @@ def test_an_existing_run_is_not_overwritten(labels_dir: Path, tmp_path: Path) ->
         ("combine", "sum", "combine"),
         ("device", "tpu", "device"),
         ("precision", "float16", "precision"),
-        ("error_filter", "noisy", "error-filter"),
+        ("error_filter", "noisy", "error_filter="),
     ],
 )
 def test_invalid_options(
@@ -205,7 +205,7 @@ def test_invalid_options(
 def test_an_error_filter_needs_an_error_set(labels_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), error_filter="learnable")
     config.weighting = "rarity"
-    with pytest.raises(ConfigError, match=r"error-filter.*--weighting rarity takes none"):
+    with pytest.raises(ConfigError, match=r"error_filter.*weighting=rarity takes none"):
         train(config)
 
 
@@ -216,7 +216,7 @@ def test_an_error_filter_is_refused_where_no_error_set_is_drawn(
     config = tiny_config(data=str(labels_dir), out=str(tmp_path / "r"), error_filter="learnable")
     for name, value in setting.items():
         setattr(config, name, value)
-    with pytest.raises(ConfigError, match=r"error-filter.*draw without one"):
+    with pytest.raises(ConfigError, match=r"error_filter=.*draw without one"):
         train(config)
     assert not (tmp_path / "r").exists()
 
@@ -343,7 +343,7 @@ def test_device_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert select_device("auto").type == "cpu"
     assert select_device("cpu").type == "cpu"
-    with pytest.raises(ConfigError, match=r"--device 'cuda' .*\(no cuda device available\)"):
+    with pytest.raises(ConfigError, match=r"device='cuda' .*\(no cuda device available\)"):
         select_device("cuda")
     with pytest.raises(ConfigError, match=r"unknown device name"):
         select_device("gpu9")
@@ -378,7 +378,7 @@ def test_oracle_run_reads_the_group_column(labels_dir: Path, tmp_path: Path) -> 
     for label in ("a", "b"):
         assert cells[label].to_numpy() == pytest.approx(cells[label].iloc[0])
         assert cells[label].sum() == pytest.approx((train_rows["label"] == label).mean())
-    with pytest.raises(DataError, match=r"--groups 'tone' is not a column"):
+    with pytest.raises(DataError, match=r"groups='tone' is not a column"):
         train(tiny_config(data=str(labels_dir), out=str(tmp_path / "p"), balance_groups=["tone"]))
 
 

@@ -208,7 +208,7 @@ def read_labels_csv(csv_path: Path, target: str | None) -> tuple[pd.DataFrame, S
                 path=csv_path,
                 column=target,
                 columns=columns,
-                fix="Pass --target COLUMN to choose the label column, or add a 'label' column.",
+                fix="Pass target=COLUMN to choose the label column, or add a 'label' column.",
             )
         )
     for column in ("path", target):

@@ -120,7 +120,7 @@ def read_manifest(
         raise errors.ConfigError(errors.NO_DATA)
     root = Path(data)
     if not root.exists():
-        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root, option="--data"))
+        raise errors.DataError(errors.NO_SUCH_DIR.format(path=root, option="data="))
     if not root.is_dir():
         raise errors.DataError(errors.NOT_A_DIR.format(path=root))
     if (root / "labels.csv").is_file():

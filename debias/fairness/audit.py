@@ -215,7 +215,7 @@ class AuditResult:
     def _binary(self, metric: str) -> str:
         check_option(
             self.pos_label is not None,
-            "pos-label",
+            "pos_label",
             None,
             f"{metric} summaries need a binary target, this one has {len(self.classes)} classes",
             "Use wide() for the one-vs-rest rates of each class.",

@@ -144,7 +144,7 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
                     option="split",
                     value=config.split,
                     problem=f"{data.source} has no train/val/test partition",
-                    fix="Drop --split to audit every image.",
+                    fix="Drop split= to audit every image.",
                 )
             )
         if data.skipped:
@@ -285,7 +285,7 @@ def _images_for(table: pd.DataFrame, embedder: str, notes: list[str], source: st
                 column="path",
                 columns=", ".join(table.columns),
                 fix="Slices need the images: add their paths (relative to the CSV) as 'path', "
-                "or drop --embed-with.",
+                "or drop embed_with=.",
             )
         )
     size = int(runfolder.read_config(embedder)["train"]["model"]["image_size"])

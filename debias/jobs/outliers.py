@@ -173,11 +173,11 @@ def fit_detector(
             listed = _listed_table(source)
             calibration_paths = listed["path"].tolist()
         else:
-            calibration_paths = _folder(source, "--calibration")
+            calibration_paths = _folder(source, "calibration=")
     calibration_groups = None
     if config.calibration_groups:
         calibration_groups = _group_values(
-            listed, config.calibration_groups, config.calibration, "--calibration"
+            listed, config.calibration_groups, config.calibration, "calibration="
         )
     model, run_config = runfolder.load_model(run_dir)
     device = select_device(config.device)
@@ -323,12 +323,10 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
     if screened is not None:
         paths = screened["path"].tolist()
     else:  # validate() made sure one of the two is given
-        paths = _folder(Path(config.data or ""), "--data")
+        paths = _folder(Path(config.data or ""), "data=")
     screened_groups = None
     if config.calibration_groups:  # before the work: the screened faces need their groups too
-        screened_groups = _group_values(
-            screened, config.calibration_groups, config.paths, "--paths"
-        )
+        screened_groups = _group_values(screened, config.calibration_groups, config.paths, "paths=")
     detector = fit_detector(config.model, config, listener)
     config = dataclasses.replace(config, components=list(detector.components_))
     size = detector.model.cfg.image_size
