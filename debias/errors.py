@@ -102,6 +102,15 @@ WEIGHTS_UNREADABLE = (
     "{path}: not usable as the backbone's weights ({reason}). Pass a torchvision state dict of "
     "the same architecture, saved with torch.save(model.state_dict(), path)."
 )
+EMPTY_REPAIR_CELLS = (
+    "{n} class x group cell(s) of the labelled faces have no face ({cells}): a repair balances "
+    "every cell and cannot judge one it never sees. Label faces of those cells, or pass "
+    "allow_empty_cells=True to repair without them."
+)
+SMALL_REPAIR_CELLS = (
+    "Warning: cells with fewer than {min} labelled faces are too small to judge: {cells}. Their "
+    "cross-validated accuracy is a rough estimate; label more faces of them."
+)
 UNKNOWN_METHOD = (
     "method {kind!r}: not a method this version of debias can rebuild (a method of your own, or "
     "one from a newer version). Pass the method again: resume(..., method=...) or "

@@ -124,7 +124,7 @@ def load_classifier(
         head = fh.read(4)
     if head[:1] and head[0] == PICKLE_PROTOCOL_OPCODE:
         raise errors.RunError(errors.PICKLED_MODEL.format(path=path))
-    normalise = _normaliser(mean, std)
+    normalise = normaliser(mean, std)
     if head == ZIP_MAGIC and _is_export_archive(path):
         return _load_export(path, normalise, device)
     if head == ZIP_MAGIC:
@@ -146,7 +146,7 @@ def module_classifier(
     one column (:func:`_output`). The module is put in eval mode and is not copied.
     """
     device = device or torch.device("cpu")
-    normalise = _normaliser(mean, std)
+    normalise = normaliser(mean, std)
     module.eval()
     name = Path(type(module).__name__)
 
@@ -157,7 +157,7 @@ def module_classifier(
     return ModelFile(predict, list(classes) if classes else None, None, "module")
 
 
-def _normaliser(
+def normaliser(
     mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return an external model's feed: uint8 ``(B, 3, S, S)`` to ``(x / 255 - mean) / std``."""
