@@ -31,6 +31,7 @@ from debias.files import json_text
 from debias.jobs.audit import AuditConfig, write_audit
 from debias.jobs.demo import write_demo
 from debias.jobs.outliers import OutlierConfig, write_outliers
+from debias.jobs.repair import RepairConfig, write_repair
 from debias.jobs.report import ReportConfig, write_report
 from debias.methods import check_options_read, error_feedback_unreached
 from debias.training import resume as resume_run
@@ -846,6 +847,85 @@ def report(
         markup=False,
         soft_wrap=True,
     )
+
+
+REPAIR_OPTIONS = {
+    "model": Row(
+        Path, "Inputs", "A debias run folder, a torch.export program (.pt2) or an ONNX file."
+    ),
+    "labels": Row(
+        Path, "Inputs", "Group-labelled faces: a labels CSV (path, label, group columns)."
+    ),
+    "groups": Row(
+        str, "Inputs", "Comma-separated group columns; every class x group cell is balanced."
+    ),
+    "target": Row(str, "Inputs", "The class column of the labels (default label)."),
+    "eval_labels": Row(
+        Path, "Inputs", "Other labelled faces: audit the model before and after on them."
+    ),
+    "image_size": Row(int, "Model file", "Input side of a model file (default: its own, else 64)."),
+    "mean": Row(
+        str, "Model file", "Per-channel mean the model file expects, e.g. 0.485,0.456,0.406."
+    ),
+    "std": Row(
+        str, "Model file", "Per-channel std the model file expects, e.g. 0.229,0.224,0.225."
+    ),
+    "classes": Row(str, "Model file", "The model file's class names in output order."),
+    "allow_empty_cells": Row(
+        Flag, "Inputs", "Repair although a class has no labelled face of some group."
+    ),
+    "out": Row(Path, "Output", "Output folder (default reports/repair-<model name>)."),
+    "overwrite": Row(Flag, "Output", "Replace a repair already at --out."),
+    "seed": Row(int, "Output", "Seed of the cross-validation folds and the balanced draws."),
+}
+
+
+@app.command()
+@with_options(REPAIR_OPTIONS, RepairConfig)
+def repair(**options: Any) -> None:
+    """Refit a classifier's last layer on a few group-labelled faces; keep it only if it helps."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    with _errors():
+        if "model" not in given or "labels" not in given:
+            raise errors.ConfigError(errors.REPAIR_NEEDS.format(missing="model= and labels="))
+        for key in ("model", "labels", "out", "eval_labels"):
+            given[key] = str(given[key]) if key in given else None
+        given["groups"] = _split_list(given.get("groups")) or []
+        given["classes"] = _split_list(given.get("classes"))
+        given["mean"], given["std"] = (
+            _floats("mean", given.get("mean")),
+            _floats("std", given.get("std")),
+        )
+        with RichListener(console) as listener:
+            report = write_repair(RepairConfig(**given), listener=listener)
+    _print_repair(report)
+
+
+def _print_repair(report: Any) -> None:
+    s = report.summary
+    for warning in s["warnings"]:
+        console.print(warning, markup=False, highlight=False, soft_wrap=True)
+    old = "-" if s["worst_cell_old"] is None else f"{s['worst_cell_old']:.3f}"
+    verdict = (
+        f"Repaired: the new last layer's worst cell {s['cv_worst_cell_new']:.3f} "
+        f"(cross-validated on the {s['labelled']} labelled faces: an estimate) against {old} "
+        f"for the layer as it was; C={s['C']}."
+        if s["repaired"]
+        else f"Kept the model as it was: the refit layer's cross-validated worst cell "
+        f"{s['cv_worst_cell_new']:.3f} is not above the old layer's {old} on the same faces."
+    )
+    console.print(verdict, markup=False, highlight=False, soft_wrap=True)
+    if "evaluation" in s:
+        e = s["evaluation"]
+        console.print(
+            f"On {e['labels']}: worst group accuracy {e['worst_group_accuracy_before']:.3f} -> "
+            f"{e['worst_group_accuracy_after']:.3f}. Compare with intervals: debias report --audit "
+            f"{report.out / 'audit'} --baseline-audit {report.out / 'audit-before'}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"Model: {report.model_path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -102,6 +102,17 @@ WEIGHTS_UNREADABLE = (
     "{path}: not usable as the backbone's weights ({reason}). Pass a torchvision state dict of "
     "the same architecture, saved with torch.save(model.state_dict(), path)."
 )
+NO_LAST_LINEAR = (
+    "{path}: no {what} found, so there is no last linear layer to refit. Export a classifier "
+    "whose logits come from a linear layer (nn.Linear)."
+)
+NO_ONNX = (
+    "{path}: repairing an ONNX file needs the onnx package. Install it: pip install 'debias[onnx]'."
+)
+REPAIR_NEEDS = (
+    "A repair needs {missing}: the model to repair and a labels CSV of a few faces with their "
+    "class and group columns."
+)
 EMPTY_REPAIR_CELLS = (
     "{n} class x group cell(s) of the labelled faces have no face ({cells}): a repair balances "
     "every cell and cannot judge one it never sees. Label faces of those cells, or pass "

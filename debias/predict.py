@@ -125,7 +125,7 @@ def load_classifier(
     if head[:1] and head[0] == PICKLE_PROTOCOL_OPCODE:
         raise errors.RunError(errors.PICKLED_MODEL.format(path=path))
     normalise = normaliser(mean, std)
-    if head == ZIP_MAGIC and _is_export_archive(path):
+    if head == ZIP_MAGIC and is_export_archive(path):
         return _load_export(path, normalise, device)
     if head == ZIP_MAGIC:
         return _load_torchscript(path, normalise, device)
@@ -178,7 +178,7 @@ def check_outputs(probabilities: np.ndarray, model_classes: Sequence[str], sourc
         )
 
 
-def _is_export_archive(path: Path) -> bool:
+def is_export_archive(path: Path) -> bool:
     """Whether a zip file is a ``torch.export.save`` archive (its ``archive_format`` says pt2)."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -223,9 +223,11 @@ def _weights_only() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _load_export(
-    path: Path, normalise: Callable[[torch.Tensor], torch.Tensor], device: torch.device
-) -> ModelFile:
+def load_program(path: Path) -> Any:
+    """Load a ``torch.export`` archive, refusing one that holds anything torch would unpickle.
+
+    Returns the ``ExportedProgram``; a repair writes its weights back and saves it again.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             pickled = _pickled_parts(archive)
@@ -239,11 +241,20 @@ def _load_export(
     try:
         with _weights_only(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.load(str(path))
+            return torch.export.load(str(path))
+    except Exception as exc:  # torch raises many types for archives it cannot read
+        raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=_reason(exc))) from None
+
+
+def _load_export(
+    path: Path, normalise: Callable[[torch.Tensor], torch.Tensor], device: torch.device
+) -> ModelFile:
+    program = load_program(path)
+    try:
         module = program.module()
         if device.type != "cpu":
             module = module.to(device)
-    except Exception as exc:  # torch raises many types for archives it cannot read
+    except Exception as exc:  # torch raises many types for programs it cannot run
         raise errors.RunError(errors.NOT_A_MODEL.format(path=path, reason=_reason(exc))) from None
 
     @torch.no_grad()

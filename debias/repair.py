@@ -132,15 +132,34 @@ def repair(
     >>> result.repaired, result.estimator.cv_worst_  # doctest: +SKIP
     """
     classes = [str(c) for c in classes]
-    y, groups = _labels(y_true, sensitive_features, classes, len(images))
-    warnings = _check_cells(y, groups, classes, allow_empty_cells)
     layer = LastLayer.of(model, feature_layer, len(classes))
     features = layer.features(_uint8(images), mean, std)  # (N, D)
-    old_w, old_b = layer.weights()
-    est = copy.deepcopy(estimator) if estimator is not None else LastLayerRepair()
-    est.fit(features, y, groups, n_classes=len(classes), old_coef=old_w, old_intercept=old_b)
+    est, warnings = fit_layer(
+        features, y_true, sensitive_features, layer.weights(), classes, allow_empty_cells, estimator
+    )
     fixed = layer.with_weights(est.coef_, est.intercept_) if est.improved_ else layer.copy()
     return RepairResult(fixed, bool(est.improved_), est, classes, warnings)
+
+
+def fit_layer(
+    features: np.ndarray,
+    y_true: Sequence[object],
+    sensitive_features: object,
+    old: tuple[np.ndarray, np.ndarray],
+    classes: list[str],
+    allow_empty_cells: bool = False,
+    estimator: LastLayerRepair | None = None,
+) -> tuple[LastLayerRepair, list[str]]:
+    """Check the labelled cells and fit the estimator on features the layer reads.
+
+    ``old`` is the layer as it is, ``(C, D)`` weights and ``(C,)`` biases. Returns the fitted
+    estimator and the warnings about small cells. Every model kind's repair goes through here.
+    """
+    y, groups = _labels(y_true, sensitive_features, classes, len(features))
+    warnings = _check_cells(y, groups, classes, allow_empty_cells)
+    est = copy.deepcopy(estimator) if estimator is not None else LastLayerRepair()
+    est.fit(features, y, groups, n_classes=len(classes), old_coef=old[0], old_intercept=old[1])
+    return est, warnings
 
 
 @dataclass
@@ -191,20 +210,22 @@ class LastLayer:
         self.model.eval()
         caught: list[torch.Tensor] = []
         hook = self.linear.register_forward_hook(lambda _m, i, _o: caught.append(i[0].detach()))
-        feed = self._feed(mean, std)
+        run = self._runner(mean, std)
         try:
             for start in range(0, len(images), BATCH):
-                self.model(feed(images[start : start + BATCH]))
+                run(images[start : start + BATCH])
         finally:
             hook.remove()
             self.model.train(was_training)
         return torch.cat(caught).double().cpu().numpy() if caught else np.zeros((0, 0))
 
-    def _feed(self, mean: Sequence[float], std: Sequence[float]) -> Any:
+    def _runner(self, mean: Sequence[float], std: Sequence[float]) -> Any:
+        """Return how uint8 images go through the model: as debias feeds a run, or normalised."""
         if isinstance(self.model, DBVAE):
             size = self.model.cfg.image_size
             return lambda x: self.model.encode(preprocess(x, size))  # the head runs in encode
-        return normaliser(mean, std)
+        normalise = normaliser(mean, std)
+        return lambda x: self.model(normalise(x))
 
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the class rows of the layer: ``(C, D)`` weights and ``(C,)`` biases."""

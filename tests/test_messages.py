@@ -22,6 +22,7 @@ from debias.auditfolder import AuditConfig
 from debias.config import ModelConfig, TrainConfig
 from debias.fairness.audit import AuditOptions
 from debias.jobs.outliers import OutlierConfig
+from debias.jobs.repair import RepairConfig
 from debias.jobs.report import ReportConfig
 from debias_cli import main as cli
 from debias_cli.main import as_flags
@@ -102,6 +103,7 @@ NOT_FIELDS = {
         ("audit", [AuditConfig, AuditOptions]),
         ("outliers", [OutlierConfig]),
         ("report", [ReportConfig]),
+        ("repair", [RepairConfig]),
     ],
 )
 def test_cli_options_and_config_fields_match(command: str, configs: list[type]) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from debias import repair
+from debias import ModelConfig, repair
+from debias.data import write_shortcut_synthetic
 from debias.errors import ConfigError, DataError
 from debias.lastlayer import LastLayerRepair
 
@@ -141,3 +147,101 @@ def test_repair_refuses_an_empty_cell_unless_allowed() -> None:
     few = np.isin(np.arange(60), [0, 1, 2, 3, 4, 20, 21, 22, 23, 24])  # 5 per class in group 1
     small = repair(*args[:3], {"g": few.astype(int)}, classes=["0", "1"])
     assert any("fewer than 10" in w for w in small.warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# debias repair: every model kind through the command line
+
+
+def _write_faces(root: Path, y: np.ndarray, g: np.ndarray, seed: int) -> Path:
+    """PNG files of _images (16 px) and a labels CSV with their class and group."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    images = _images(y, g, np.random.default_rng(seed)).repeat(2, axis=2).repeat(2, axis=3)
+    rows = []
+    for i, image in enumerate(images):
+        Image.fromarray(image.transpose(1, 2, 0)).save(root / f"{i}.png")
+        rows.append((f"{i}.png", ["young", "old"][y[i]], f"g{g[i]}"))
+    pd.DataFrame(rows, columns=["path", "label", "group"]).to_csv(root / "labels.csv", index=False)
+    return root / "labels.csv"
+
+
+def _balanced(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.repeat([0, 1, 0, 1], n), np.repeat([0, 0, 1, 1], n)
+
+
+def _cli(*args: object) -> Any:
+    from typer.testing import CliRunner
+
+    from debias_cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _worst_file(path: Path, labels: Path) -> float:
+    from debias.data import load_data
+    from debias.predict import load_classifier, predict_images
+
+    data = load_data(labels=labels, groups=["group"], image_size=16)
+    pred = predict_images(load_classifier(path), data.images).argmax(1)
+    order = ["young", "old"]  # the model's classes, in output order
+    truth = pd.Index(order).get_indexer(np.asarray(data.classes)[data.y])
+    g = data.frame["group"].str[1:].astype(int).to_numpy()
+    return _worst(pred, truth, g)
+
+
+@pytest.mark.parametrize("kind", ["pt2", "onnx"])
+def test_a_model_file_is_repaired_in_its_own_format(kind: str, tmp_path: Path) -> None:
+    net = _shortcut_net().eval()
+    example = torch.zeros(2, 3, 16, 16)
+    path = tmp_path / f"net.{kind}"
+    if kind == "pt2":
+        batch = torch.export.Dim.AUTO
+        torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)), path)
+    else:
+        torch.onnx.export(
+            net, (example,), str(path), input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+            dynamo=False,
+        )  # fmt: skip
+    labels = _write_faces(tmp_path / "labelled", *_balanced(30), seed=0)
+    held_out = _write_faces(tmp_path / "held-out", *_balanced(200), seed=1)
+    result = _cli("repair", "--model", path, "--labels", labels, "--groups", "group", "--classes",
+                  "young,old", "--image-size", 16, "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Repaired:" in result.output
+    repaired = tmp_path / "out" / path.name
+    summary = json.loads((tmp_path / "out" / "repair.json").read_text())
+    assert summary["repaired"] and summary["labelled"] == 120
+    assert _worst_file(path, held_out) < 0.05  # the shortcut model
+    assert _worst_file(repaired, held_out) > 0.75  # the same file, its last layer refit
+
+
+def test_a_run_is_repaired_into_a_new_run_folder(tmp_path: Path) -> None:
+    from conftest import tiny_config
+
+    from debias import load_model, train
+
+    labels = write_shortcut_synthetic(tmp_path / "glasses", n_faces=240, size=32, seed=0)
+    run = tmp_path / "run"
+    config = tiny_config(labels=str(labels), out=str(run), epochs=3, baseline=True)
+    train(dataclasses.replace(config, model=ModelConfig(image_size=32, latent_dim=8, filters=4,
+                                                        hidden=32)))  # fmt: skip
+    out = tmp_path / "repaired"
+    result = _cli("repair", "--model", run, "--labels", labels, "--groups", "skin_tone",
+                  "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "repair.json").read_text())
+    old, _ = load_model(run)
+    new, card = load_model(out)
+    rows = old.num_classes
+    same = torch.equal(old.encoder.head.weight[:rows], new.encoder.head.weight[:rows])
+    assert same != summary["repaired"]  # replaced exactly when the repair says it helped
+    assert torch.equal(old.encoder.head.weight[rows:], new.encoder.head.weight[rows:])  # latent
+    assert card["repair"]["labelled"] == 240 and card["repair"]["repaired"] == summary["repaired"]
+    again = _cli("repair", "--model", run, "--labels", labels, "--groups", "skin_tone",
+                 "--out", out)  # fmt: skip
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    missing = _cli("repair", "--model", run, "--labels", labels, "--out", tmp_path / "x")
+    assert missing.exit_code == 1 and "Error: --groups []: names no group" in missing.output
+    assert "Pass --groups race,gender" in missing.output
