@@ -266,11 +266,28 @@ def model_card(
         f"epochs, latent {train['model']['latent_dim']}, "
         + _weighting_words(train)
         + SELECT_WORDS[train.get("select", "last")]
-        + f", seed {train['seed']}.",
+        + f", seed {train['seed']}."
+        + _repair_words(run_config.get("repair")),
         evaluation_data=evaluation or "not audited",
         groups="Group labels come from the data's own attributes "
-        f"({', '.join(data['group_columns']) or 'none'}); they are used for evaluation only.",
+        f"({', '.join(data['group_columns']) or 'none'}); they are used for evaluation only"
+        + (", and to repair the last layer." if run_config.get("repair") else "."),
         caveats=caveats,
+    )
+
+
+def _repair_words(repair: dict[str, Any] | None) -> str:
+    """Return the model card's sentence about a last-layer repair (``debias repair``), if any."""
+    if not repair:
+        return ""
+    if repair["repaired"]:
+        return (
+            f" Then its last layer was refit on {repair['labelled']} group-labelled faces "
+            f"({repair['labels']}; group-balanced draws, C={repair['C']:g})."
+        )
+    return (
+        f" A last-layer repair from {repair['labelled']} group-labelled faces ({repair['labels']}) "
+        "was tried and not kept: it did not beat the layer as it was on those faces."
     )
 
 

@@ -305,7 +305,7 @@ def test_demo_runs_the_whole_pipeline_and_tells_the_shortcut_story(tmp_path: Pat
     assert result.exit_code == 0, result.output
     html = out / "report" / "report.html"
     assert f"Report: {html}" in result.output
-    for step in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
+    for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"):
         assert step in result.output
     facts = json.loads((out / "report" / "report.json").read_text())
     evaluation = facts["outliers"]["evaluation"]
@@ -329,9 +329,13 @@ def test_demo_runs_the_whole_pipeline_and_tells_the_shortcut_story(tmp_path: Pat
     assert gap >= 0.10, plain
     assert facts["baseline_headline"]["worst_group_accuracy"] == pytest.approx(min(plain.values()))
     assert facts["headline"]["worst_group_accuracy"] >= min(plain.values()) + gap / 2, debiased
+    # The third stage: the plain classifier repaired with 25 labelled faces per cell
+    repaired = cells("repaired-audit")
+    assert min(repaired.values()) >= min(plain.values()) + 0.10, repaired
+    assert "-> plain + repair (25 labels per cell)" in result.output
     # A rerun reuses the data and the trained runs.
     again = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "1", "--device", "cpu"])
-    assert again.exit_code == 0 and "2/6" not in again.output
+    assert again.exit_code == 0 and "2/7" not in again.output
 
 
 def test_report_of_a_missing_audit_is_one_line(synth_run, tmp_path: Path) -> None:

@@ -239,6 +239,14 @@ def test_a_run_is_repaired_into_a_new_run_folder(tmp_path: Path) -> None:
     assert same != summary["repaired"]  # replaced exactly when the repair says it helped
     assert torch.equal(old.encoder.head.weight[rows:], new.encoder.head.weight[rows:])  # latent
     assert card["repair"]["labelled"] == 240 and card["repair"]["repaired"] == summary["repaired"]
+    audit = _cli("audit", "--model", out, "--labels", labels, "--out", tmp_path / "audit",
+                 "--bootstrap", 50)  # fmt: skip
+    assert audit.exit_code == 0, audit.output
+    report = _cli("report", "--model", out, "--audit", tmp_path / "audit", "--out",
+                  tmp_path / "report")  # fmt: skip
+    assert report.exit_code == 0, report.output
+    card = json.loads((tmp_path / "report" / "report.json").read_text())["model_card"]
+    assert "240 group-labelled faces" in card["method"]
     again = _cli("repair", "--model", run, "--labels", labels, "--groups", "skin_tone",
                  "--out", out)  # fmt: skip
     assert again.exit_code == 1 and "--overwrite" in again.output
