@@ -34,7 +34,7 @@ from debias import errors
 
 # Inverse regularisation strengths tried: DFR's grid (1/C in 0.3-1000 there), on standardised
 # features of a few hundred examples
-CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 MIN_CELL = 10  # fewer labelled examples than this in a cell: too few to judge it, say so
 
 
