@@ -245,6 +245,13 @@ TRAIN_OPTIONS = {
     "groups": Row(
         str, "Data", "Comma-separated attribute columns to evaluate by (default: all suitable)."
     ),
+    "group_labels": Row(
+        Path,
+        "Data",
+        "A labels CSV of a few group-labelled faces: the run ends with its last layer refit on "
+        "them (kept only if it helps).",
+    ),
+    "repair_groups": Row(str, "Data", "Group columns of --group-labels (default: all suitable)."),
     "out": Row(Path, "Output", "Run folder (default runs/<date-time>)."),
     "resume": Row(
         Path,
@@ -402,10 +409,10 @@ def _config_from(given: dict[str, object]) -> TrainConfig:
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
     values = dict(given)
-    for key in ("data", "labels", "out", "weights"):
+    for key in ("data", "labels", "out", "weights", "group_labels"):
         if key in values:
             values[key] = str(values[key])
-    for key in ("groups", "balance_groups"):
+    for key in ("groups", "balance_groups", "repair_groups"):
         if key in values:
             values[key] = [g.strip() for g in str(values[key]).split(",") if g.strip()]
     # Every option is a field of one of the two configs: tests/test_messages.py checks it.

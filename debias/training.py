@@ -109,6 +109,7 @@ def train(
         out=str(run_dir),
         data=_absolute(config.data),
         labels=_absolute(config.labels),
+        group_labels=_absolute(config.group_labels),
         model=dataclasses.replace(config.model, weights=_absolute(config.model.weights)),
     )
     with _writing(run_dir, created):
@@ -253,6 +254,8 @@ def _fit(
     if selection.weights_ is not None:  # the run's model is the kept epoch's, not the last's
         s.model.load_state_dict(selection.weights_)
     if cluster.main:
+        if config.group_labels:
+            _repair_at_end(s, run_dir, listener)
         _write_samples(s, last, weighting, run_dir)
     (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
     distributed.leave(cluster)
@@ -583,6 +586,40 @@ def _checkpoint(
         },
     )
     files.write_jsonl(run_dir / runfolder.METRICS, history)
+
+
+def _repair_at_end(s: _Setup, run_dir: Path, listener: Listener) -> None:
+    """Refit the trained model's last layer on the run's group-labelled faces (``group_labels``).
+
+    The checkpoint's weights (the last and the kept epoch's) become the repaired ones, and
+    ``config.json`` records the repair for the model card; a repair that does not beat the layer
+    as it was leaves the model as it was and says so there.
+    """
+    from debias.repair import repair  # the training loop needs it only at the very end
+
+    config = s.config
+    labelled = load_data(
+        labels=config.group_labels,
+        groups=config.repair_groups,
+        image_size=config.model.image_size,
+        on_start=lambda n: listener.phase("decode", n),
+        on_advance=listener.advance,
+    )
+    groups = config.repair_groups or labelled.group_columns
+    names = np.asarray(labelled.classes)[labelled.y]
+    result = repair(s.model, labelled.images, names, labelled.frame[groups], classes=s.data.classes)
+    if result.repaired:
+        s.model.load_state_dict(result.model.state_dict())
+        state = runfolder.load_checkpoint(run_dir / runfolder.CHECKPOINT)
+        state["model"] = s.model.state_dict()
+        if (state.get("selection") or {}).get("weights") is not None:
+            state["selection"]["weights"] = s.model.state_dict()
+        runfolder.save_checkpoint(run_dir / runfolder.CHECKPOINT, state)
+    saved = runfolder.read_config(run_dir)
+    summary = result.summary()
+    saved["repair"] = {k: summary[k] for k in ("repaired", "C", "labelled")}
+    saved["repair"].update(labels=config.group_labels, groups=list(groups))
+    files.write_json(run_dir / runfolder.CONFIG, saved)
 
 
 def _write_samples(

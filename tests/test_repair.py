@@ -253,3 +253,28 @@ def test_a_run_is_repaired_into_a_new_run_folder(tmp_path: Path) -> None:
     missing = _cli("repair", "--model", run, "--labels", labels, "--out", tmp_path / "x")
     assert missing.exit_code == 1 and "Error: --groups []: names no group" in missing.output
     assert "Pass --groups race,gender" in missing.output
+
+
+def test_a_run_with_group_labels_ends_repaired(tmp_path: Path) -> None:
+    from conftest import tiny_config
+
+    from debias import load_model, train
+    from debias.facts import model_card, report_subject
+
+    labels = write_shortcut_synthetic(tmp_path / "glasses", n_faces=240, size=32, seed=0)
+    few = pd.read_csv(labels).groupby(["label", "skin_tone"]).head(12)  # 12 per cell
+    few.to_csv(tmp_path / "glasses" / "few.csv", index=False)
+    config = tiny_config(
+        labels=str(labels), out=str(tmp_path / "run"), epochs=3, baseline=True,
+        group_labels=str(tmp_path / "glasses" / "few.csv"), repair_groups=["skin_tone"],
+        model=ModelConfig(image_size=32, latent_dim=8, filters=4, hidden=32),
+    )  # fmt: skip
+    result = train(config)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["repair"]["labelled"] == len(few) and saved["repair"]["groups"] == ["skin_tone"]
+    loaded, _ = load_model(tmp_path / "run")
+    assert torch.equal(loaded.encoder.head.weight, result.model.encoder.head.weight)
+    subject, _ = report_subject(tmp_path / "run", None, None)
+    card = model_card(saved, None, subject)
+    assert f"{len(few)} group-labelled faces" in card.method
+    assert "to repair the last layer" in card.groups
