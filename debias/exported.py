@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from debias import errors
-from debias.predict import load_program
+from debias.predict import export_side, load_program
 
 BATCH = 256
 
@@ -42,6 +42,7 @@ class ExportLayer:
         self.weight_name = self.node.args[1].target  # a get_attr of the parameter's name
         bias = self.node.args[2] if len(self.node.args) > 2 else None
         self.bias_name = bias.target if bias is not None else None
+        self.side = export_side(self.program)  # the image side it was exported with, if known
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> np.ndarray:
@@ -117,6 +118,9 @@ class OnnxLayer:
         attrs = {a.name: a for a in self.node.attribute}
         self.trans_b = bool(attrs["transB"].i) if "transB" in attrs else False
         self.init = {t.name: t for t in self.model.graph.initializer}
+        dims = self.model.graph.input[0].type.tensor_type.shape.dim
+        last = dims[-1].dim_value if len(dims) == 4 else 0
+        self.side = int(last) if last > 0 else None  # a fixed input side, if the graph has one
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         """Return what the last ``Gemm`` reads for each image, ``(N, D)``."""

@@ -261,10 +261,10 @@ def _load_export(
     def predict(x: torch.Tensor) -> torch.Tensor:
         return _output(_call(module, normalise(x).to(device), path), path).cpu()
 
-    return ModelFile(predict, None, _export_side(program), "torch-export")
+    return ModelFile(predict, None, export_side(program), "torch-export")
 
 
-def _export_side(program: Any) -> int | None:
+def export_side(program: Any) -> int | None:
     """Return the image side a program was exported with, if its example input says."""
     try:
         args = program.example_inputs[0]

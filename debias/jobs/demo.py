@@ -12,7 +12,9 @@ into ``out`` and can be rerun alone with the commands the README shows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -114,99 +116,15 @@ def write_demo(
     say : callable
         Where one-line step messages go.
     """
-    listener = listener or SilentListener()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise errors.RunError(errors.OUT_IS_FILE.format(path=out))
-    data = out / "data"
-    if not (data / "train" / "labels.csv").is_file():
-        say(
-            "1/7 Drawing synthetic faces for a glasses classifier: 1,200 for training, where "
-            "skin tone gives the answer away for 95%, and 600 held out, where it does not"
-        )
-        write_shortcut_synthetic(data / "train", n_faces=1200, shortcut=0.95, seed=seed)
-        write_shortcut_synthetic(data / "test", n_faces=600, shortcut=0.5, seed=seed + 1)
-    held_out = pd.read_csv(data / "test" / "labels.csv", keep_default_na=False)["path"].tolist()
-    eval_csv = _incoming(data / "test", held_out[:INCOMING_FACES], data / "incoming", seed)
-    calibration_csv = _calibration(
-        data / "test", held_out[INCOMING_FACES:], data / "calibration.csv"
-    )
-
-    runs = {}
-    for step, (name, baseline) in enumerate((("baseline", True), ("dbvae", False)), start=2):
-        run = out / "runs" / name
-        runs[name] = run
-        if (run / runfolder.SAMPLES).is_file():  # written last: the run finished
-            continue
-        say(f"{step}/7 Training the {'plain classifier' if baseline else 'DB-VAE'}")
-        if (run / runfolder.CONFIG).is_file():  # an earlier demo was stopped: finish its run
-            resume(run, epochs=epochs, device=device, listener=listener)
-            continue
-        train(
-            TrainConfig(
-                data=str(data / "train"),
-                out=str(run),
-                baseline=baseline,
-                epochs=epochs,
-                device=device,
-                seed=seed,
-            ),
-            listener=listener,
-        )
-    say(
-        f"4/7 Repairing the plain classifier with {REPAIR_FACES} labelled faces per glasses x "
-        "skin tone cell (its last layer refit; kept only if it helps)"
-    )
-    runs["repaired"] = out / "runs" / "repaired"
-    write_repair(
-        RepairConfig(
-            model=str(runs["baseline"]),
-            labels=str(_repair_labels(data / "train", seed)),
-            groups=["skin_tone"],
-            out=str(runs["repaired"]),
-            overwrite=True,
-            seed=seed,
-        ),
-        listener=listener,
-    )
-    say("5/7 Auditing the three models on the held-out faces")
-    folders = {"dbvae": "audit", "baseline": "baseline-audit", "repaired": "repaired-audit"}
-    audits = {
-        name: write_audit(
-            AuditConfig(
-                model=str(runs[name]),
-                data=str(data / "test"),
-                device=device,
-                out=str(out / folder),
-                overwrite=True,
-            ),
-            listener=listener,
-        )
-        for name, folder in folders.items()
-    }
-    worst = {name: _worst_group(audit) for name, audit in audits.items()}
-    say(
-        f"   Worst group on held-out faces: plain {worst['baseline']:.3f} -> DB-VAE (no group "
-        f"labels) {worst['dbvae']:.3f} -> plain + repair ({REPAIR_FACES} labels per cell) "
-        f"{worst['repaired']:.3f}"
-    )
-    say(
-        "6/7 Screening incoming images for outliers, calibrated on the other held-out faces "
-        "(drawn like the incoming ones)"
-    )
-    outliers = write_outliers(
-        OutlierConfig(
-            model=str(runs["dbvae"]),
-            data=str(data / "incoming"),
-            calibration=str(calibration_csv),
-            eval_labels=str(eval_csv),
-            device=device,
-            out=str(out / "outliers" / "outliers.csv"),
-            overwrite=True,
-        ),
-        listener=listener,
-    )
-    say("7/7 Writing the report")
+    step = _Demo(Path(out), epochs, device, seed, listener or SilentListener(), say)
+    if step.out.exists() and not step.out.is_dir():
+        raise errors.RunError(errors.OUT_IS_FILE.format(path=step.out))
+    eval_csv, calibration_csv = step.draw_data()
+    runs = step.train_both()
+    runs["repaired"] = step.repair_plain(runs["baseline"])
+    audits = step.audit_all(runs)
+    outliers = step.screen(runs["dbvae"], eval_csv, calibration_csv)
+    step.say("7/7 Writing the report")
     config = ReportConfig(
         model=str(runs["dbvae"]),
         baseline=str(runs["baseline"]),
@@ -214,7 +132,123 @@ def write_demo(
         baseline_audit=str(audits["baseline"].out),
         outliers=str(outliers.csv),
         name="demo",
-        out=str(out / "report"),
+        out=str(step.out / "report"),
         overwrite=True,  # the demo's own folder: a second demo replaces its report
     )
-    return write_report(config, listener=listener)
+    return write_report(config, listener=step.listener)
+
+
+@dataclass
+class _Demo:
+    """The demo's settings, shared by its steps."""
+
+    out: Path
+    epochs: int
+    device: str
+    seed: int
+    listener: Listener
+    say: Any
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def draw_data(self) -> tuple[Path, Path]:
+        """Draw the training and held-out faces once; return the incoming and calibration CSVs."""
+        data, seed = self.data, self.seed
+        if not (data / "train" / "labels.csv").is_file():
+            self.say(
+                "1/7 Drawing synthetic faces for a glasses classifier: 1,200 for training, where "
+                "skin tone gives the answer away for 95%, and 600 held out, where it does not"
+            )
+            write_shortcut_synthetic(data / "train", n_faces=1200, shortcut=0.95, seed=seed)
+            write_shortcut_synthetic(data / "test", n_faces=600, shortcut=0.5, seed=seed + 1)
+        held_out = pd.read_csv(data / "test" / "labels.csv", keep_default_na=False)["path"]
+        held_out = held_out.tolist()
+        eval_csv = _incoming(data / "test", held_out[:INCOMING_FACES], data / "incoming", seed)
+        calibration = _calibration(
+            data / "test", held_out[INCOMING_FACES:], data / "calibration.csv"
+        )
+        return eval_csv, calibration
+
+    def train_both(self) -> dict[str, Path]:
+        """Train (or finish, or reuse) the plain classifier and the DB-VAE."""
+        runs = {}
+        for step, (name, baseline) in enumerate((("baseline", True), ("dbvae", False)), start=2):
+            run = runs[name] = self.out / "runs" / name
+            if (run / runfolder.SAMPLES).is_file():  # written last: the run finished
+                continue
+            self.say(f"{step}/7 Training the {'plain classifier' if baseline else 'DB-VAE'}")
+            if (run / runfolder.CONFIG).is_file():  # an earlier demo was stopped: finish it
+                resume(run, epochs=self.epochs, device=self.device, listener=self.listener)
+                continue
+            config = TrainConfig(
+                data=str(self.data / "train"),
+                out=str(run),
+                baseline=baseline,
+                epochs=self.epochs,
+                device=self.device,
+                seed=self.seed,
+            )
+            train(config, listener=self.listener)
+        return runs
+
+    def repair_plain(self, plain: Path) -> Path:
+        """Repair the plain classifier with REPAIR_FACES labelled faces per cell."""
+        self.say(
+            f"4/7 Repairing the plain classifier with {REPAIR_FACES} labelled faces per glasses "
+            "x skin tone cell (its last layer refit; kept only if it helps)"
+        )
+        repaired = self.out / "runs" / "repaired"
+        config = RepairConfig(
+            model=str(plain),
+            labels=str(_repair_labels(self.data / "train", self.seed)),
+            groups=["skin_tone"],
+            out=str(repaired),
+            overwrite=True,
+            seed=self.seed,
+        )
+        write_repair(config, listener=self.listener)
+        return repaired
+
+    def audit_all(self, runs: dict[str, Path]) -> dict[str, AuditReport]:
+        """Audit the three models on the held-out faces; say the worst group of each."""
+        self.say("5/7 Auditing the three models on the held-out faces")
+        folders = {"dbvae": "audit", "baseline": "baseline-audit", "repaired": "repaired-audit"}
+        audits = {
+            name: write_audit(
+                AuditConfig(
+                    model=str(runs[name]),
+                    data=str(self.data / "test"),
+                    device=self.device,
+                    out=str(self.out / folder),
+                    overwrite=True,
+                ),
+                listener=self.listener,
+            )
+            for name, folder in folders.items()
+        }
+        worst = {name: _worst_group(audit) for name, audit in audits.items()}
+        self.say(
+            f"   Worst group on held-out faces: plain {worst['baseline']:.3f} -> DB-VAE (no group "
+            f"labels) {worst['dbvae']:.3f} -> plain + repair ({REPAIR_FACES} labels per cell) "
+            f"{worst['repaired']:.3f}"
+        )
+        return audits
+
+    def screen(self, run: Path, eval_csv: Path, calibration_csv: Path) -> Any:
+        """Screen the incoming images with the DB-VAE's detector; return the outliers report."""
+        self.say(
+            "6/7 Screening incoming images for outliers, calibrated on the other held-out faces "
+            "(drawn like the incoming ones)"
+        )
+        config = OutlierConfig(
+            model=str(run),
+            data=str(self.data / "incoming"),
+            calibration=str(calibration_csv),
+            eval_labels=str(eval_csv),
+            device=self.device,
+            out=str(self.out / "outliers" / "outliers.csv"),
+            overwrite=True,
+        )
+        return write_outliers(config, listener=self.listener)

@@ -208,7 +208,7 @@ class _FileTarget:
         self.layer = ExportLayer(path) if is_export_archive(path) else OnnxLayer(path)
         self.source = path
         self.classes = config.classes
-        self.image_size = config.image_size or DEFAULT_IMAGE_SIZE
+        self.image_size = config.image_size or self.layer.side or DEFAULT_IMAGE_SIZE
         self.feed = normaliser(config.mean or (0.0, 0.0, 0.0), config.std or (1.0, 1.0, 1.0))
 
     def features(self, images: torch.Tensor) -> np.ndarray:
