@@ -926,8 +926,8 @@ def _print_repair(report: Any) -> None:
         e = s["evaluation"]
         console.print(
             f"On {e['labels']}: worst group accuracy {e['worst_group_accuracy_before']:.3f} -> "
-            f"{e['worst_group_accuracy_after']:.3f}. Compare with intervals: debias report --audit "
-            f"{report.out / 'audit'} --baseline-audit {report.out / 'audit-before'}",
+            f"{e['worst_group_accuracy_after']:.3f}; the paired change with intervals is in "
+            f"{report.out / e['report']}",
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -28,6 +28,7 @@ import torch
 
 from debias import errors
 from debias.fairness.audit import sensitive_frame
+from debias.fairness.bootstrap import clopper_pearson
 from debias.lastlayer import MIN_CELL, LastLayerRepair
 from debias.model import DBVAE, preprocess
 from debias.predict import normaliser
@@ -73,15 +74,33 @@ class RepairResult:
                     "group": g,
                     "n": n,
                     "cv_accuracy_new": est.cv_cells_[(c, g)],
+                    "cv_accuracy_new_ci": _exact(est.cv_cells_[(c, g)], n),
                     "accuracy_old": est.old_cells_.get((c, g)),
+                    "accuracy_old_ci": _exact(est.old_cells_.get((c, g)), n),
                 }
                 for (c, g), n in est.cells_.items()
             ],
             "cv_worst_cell_new": est.cv_worst_,
+            "cv_worst_cell_new_ci": _worst_ci(est.cv_cells_, est.cells_),
             "worst_cell_old": est.old_worst_,
+            "worst_cell_old_ci": _worst_ci(est.old_cells_, est.cells_),
+            "interval": "exact binomial (Clopper-Pearson) 95% interval of a cell's accuracy",
             "estimate": "cross-validated on the labelled faces the repair was fitted on",
             "warnings": self.warnings,
         }
+
+
+def _exact(accuracy: float | None, n: int) -> list[float] | None:
+    """Return the 95% exact interval of an accuracy over ``n`` faces (None for none)."""
+    return None if accuracy is None else list(clopper_pearson(round(accuracy * n), n))
+
+
+def _worst_ci(accuracy: dict[tuple, float], sizes: dict[tuple, int]) -> list[float] | None:
+    """Return the interval of the worst cell's accuracy (with that cell's own size)."""
+    if not accuracy:
+        return None
+    cell = min(accuracy, key=accuracy.get)
+    return _exact(accuracy[cell], sizes[cell])
 
 
 def repair(

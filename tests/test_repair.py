@@ -207,7 +207,8 @@ def test_a_model_file_is_repaired_in_its_own_format(kind: str, tmp_path: Path) -
     labels = _write_faces(tmp_path / "labelled", *_balanced(30), seed=0)
     held_out = _write_faces(tmp_path / "held-out", *_balanced(200), seed=1)
     result = _cli("repair", "--model", path, "--labels", labels, "--groups", "group", "--classes",
-                  "young,old", "--image-size", 16, "--out", tmp_path / "out")  # fmt: skip
+                  "young,old", "--image-size", 16, "--out", tmp_path / "out", "--eval-labels",
+                  held_out)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Repaired:" in result.output
     repaired = tmp_path / "out" / path.name
@@ -215,6 +216,12 @@ def test_a_model_file_is_repaired_in_its_own_format(kind: str, tmp_path: Path) -
     assert summary["repaired"] and summary["labelled"] == 120
     assert _worst_file(path, held_out) < 0.05  # the shortcut model
     assert _worst_file(repaired, held_out) > 0.75  # the same file, its last layer refit
+    evaluation = summary["evaluation"]  # on the held-out faces: before, after, and a report
+    assert evaluation["worst_group_accuracy_after"] > evaluation["worst_group_accuracy_before"]
+    facts = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    # per group (each holds both classes): the shortcut model is at chance in both
+    assert facts["baseline_headline"]["worst_group_accuracy"] <= 0.55
+    assert facts["headline"]["worst_group_accuracy"] > 0.8
 
 
 def test_a_run_is_repaired_into_a_new_run_folder(tmp_path: Path) -> None:

@@ -57,3 +57,13 @@ def interval(replicates: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(replicates, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
     return low, high
+
+
+def clopper_pearson(k: int, n: int, ci: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval of a rate ``k / n`` (Clopper-Pearson), at coverage ``ci``."""
+    from scipy.stats import beta
+
+    alpha = 1 - ci
+    low = float(beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
+    high = float(beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
+    return low, high

@@ -28,6 +28,7 @@ from debias.data import decode_images
 from debias.data.layouts import image_files, read_csv_table, relative_paths, with_path_column
 from debias.device import select_device
 from debias.errors import check_option
+from debias.fairness.bootstrap import clopper_pearson
 from debias.fairness.groups import suitable_groups
 from debias.outliers import LatentOutlierDetector, PValueCombine, faces_needed
 from debias.predict import is_attribute
@@ -513,20 +514,11 @@ def flag_rates(
         for name in sorted(set(group) - {""}):
             flagged = rows.loc[group == name, "is_outlier"].astype(bool)
             k, n = int(flagged.sum()), len(flagged)
-            low, high = _clopper_pearson(k, n, FLAG_CI)
+            low, high = clopper_pearson(k, n, FLAG_CI)
             out[column].append(
                 {"group": name, "n": n, "flagged": k, "rate": k / n, "ci_low": low, "ci_high": high}
             )
     return out
-
-
-def _clopper_pearson(k: int, n: int, ci: float) -> tuple[float, float]:
-    from scipy.stats import beta
-
-    alpha = 1 - ci
-    low = float(beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
-    high = float(beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
-    return low, high
 
 
 def model_hash(run_dir: str | Path) -> str:

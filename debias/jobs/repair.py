@@ -31,6 +31,7 @@ from debias.data import load_data
 from debias.exported import ExportLayer, OnnxLayer
 from debias.fairness.audit import INTERSECTION, AuditOptions
 from debias.jobs.audit import write_audit
+from debias.jobs.report import ReportConfig, write_report
 from debias.lastlayer import LastLayerRepair
 from debias.predict import is_export_archive, normaliser
 from debias.progress import Listener, SilentListener
@@ -228,7 +229,7 @@ class _FileTarget:
 
 
 def _evaluate(config: RepairConfig, report: RepairReport, listener: Listener) -> dict[str, Any]:
-    """Audit the model as it was and as repaired on the evaluation faces; return both worsts."""
+    """Audit the model before and after on the evaluation faces, and report the paired change."""
     worst = {}
     for name, model in (("audit-before", config.model), ("audit", str(report.model_path))):
         audit = write_audit(
@@ -248,9 +249,21 @@ def _evaluate(config: RepairConfig, report: RepairReport, listener: Listener) ->
         )
         wide = audit.result.wide(INTERSECTION.join(config.groups))
         worst[name] = float(wide["accuracy"].min())
+    write_report(
+        ReportConfig(
+            model=str(report.model_path),
+            audit=str(report.out / "audit"),
+            baseline_audit=str(report.out / "audit-before"),
+            name=f"{Path(config.model).name} repaired",
+            out=str(report.out / "report"),
+            overwrite=True,
+        ),
+        listener=listener,
+    )
     return {
         "labels": config.eval_labels,
         "worst_group_accuracy_before": worst["audit-before"],
         "worst_group_accuracy_after": worst["audit"],
         "audits": ["audit-before", "audit"],
+        "report": "report/report.html",
     }
