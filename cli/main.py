@@ -274,8 +274,9 @@ TRAIN_OPTIONS = {
         str,
         "Training",
         "Which epoch the run keeps: last, worst-class (the best lowest per-class "
-        "validation accuracy) or worst-cluster (the best lowest accuracy over latent "
-        "clusters of each class). Reads no group labels.",
+        "validation accuracy), worst-cluster (the best lowest accuracy over latent "
+        "clusters of each class), or worst-group (with --group-labels, their default: the best "
+        "lowest class x group accuracy on half of those faces).",
     ),
     "batch_size": Row(int, "Training", "Images per optimisation step."),
     "lr": Row(float, "Training", "Peak learning rate (Adam)."),

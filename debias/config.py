@@ -21,7 +21,7 @@ LrSchedule = Literal["constant", "cosine"]
 Precision = Literal["auto", "float32", "bfloat16"]
 WeightingName = Literal["rarity", "mixture", "errors", "errors+rarity", "errors+mixture"]
 ErrorFilter = Literal["none", "learnable"]
-Select = Literal["last", "worst-class", "worst-cluster"]
+Select = Literal["last", "worst-class", "worst-cluster", "worst-group"]
 
 
 @dataclass
@@ -137,6 +137,9 @@ class TrainConfig:
     # or the worst over latent clusters of each class. Those picks fall inside the validation
     # noise: worst-class kept epoch 3 of 6 on a utk-detect seed and lost 2.3 points of a cell's
     # recall (benchmarks/experiments/joint-density-and-selection.md)
+    # With group_labels the run keeps the epoch with the best worst (class x group) accuracy on
+    # half of those faces ("worst-group", what debiasing papers select by), and repairs on the
+    # other half, unless another rule is named here
     select: Select = "last"
     batch_size: int = 32  # the lab's batch
     lr: float = 5e-4  # the lab's Adam step
@@ -164,6 +167,7 @@ class TrainConfig:
         self._validate_training()
         self._validate_method()
         self._validate_choices()
+        self._validate_group_labels()
 
     def _validate_training(self) -> None:
         """Check the data split, the optimiser and the machine."""
@@ -249,6 +253,16 @@ class TrainConfig:
             self.warmup_epochs,
             "must not be negative",
             "Pass 0 or more.",
+        )
+
+    def _validate_group_labels(self) -> None:
+        """Check that worst-group selection has the group labels it reads."""
+        check_option(
+            self.select != "worst-group" or self.group_labels is not None,
+            "select",
+            self.select,
+            "reads the group labels of group_labels=, and none were given",
+            "Pass group_labels=CSV of a few group-labelled faces, or another select=.",
         )
 
     def _validate_choices(self) -> None:

@@ -331,6 +331,8 @@ def _external_card(
 
 SELECT_WORDS = {
     "last": "",
+    "worst-group": ", keeping the epoch with the best worst class x group accuracy on half of the "
+    "group-labelled faces",
     "worst-class": ", keeping the epoch with the best worst-class validation accuracy",
     "worst-cluster": ", keeping the epoch with the best worst accuracy over latent clusters of "
     "each class's validation images",

@@ -39,6 +39,7 @@ from debias.data import FaceData, load_data
 from debias.device import select_device
 from debias.encode import batches, encode
 from debias.fairness.groups import check_groups
+from debias.grouplabels import GroupLabels
 from debias.model import DBVAE, Loss, dbvae_loss, preprocess
 from debias.progress import Listener, SilentListener
 from debias.resample import LatentHistogram, effective_sample_size
@@ -91,6 +92,8 @@ def train(
     """
     if method is not None:
         config = dataclasses.replace(config, method=method)
+    if config.group_labels and config.select == "last":  # group labels choose the epoch
+        config = dataclasses.replace(config, select="worst-group")
     config.validate()
     if config.out is None and distributed.from_env().distributed:
         raise errors.ConfigError(errors.TORCHRUN_OUT)
@@ -229,12 +232,15 @@ def _fit(
     if fingerprint is not None and data_now != fingerprint:
         raise errors.RunError(errors.DATA_CHANGED.format(path=run_dir, data=data.source))
     s = _set_up(config, data, device, cluster)
-    if config.select != "last" and len(s.val_idx) == 0:
+    if config.select not in ("last", "worst-group") and len(s.val_idx) == 0:
         raise errors.ConfigError(
             errors.NO_VALIDATION_TO_SELECT.format(rule=config.select, data=data.source)
         )
     weighting = copy.deepcopy(methods.method_of(config))  # learns: never the caller's object
     selection = EpochSelection(config.select)
+    labelled = None
+    if config.group_labels and cluster.main:
+        labelled = GroupLabels.load(config, s.data.classes, listener)
     history = _restore(s, weighting, selection, state, run_dir) if state is not None else []
     if cluster.main:
         _write_config(s, run_dir, data_now)
@@ -246,6 +252,8 @@ def _fit(
         if not cluster.main:
             continue
         record.update(_validate(s))
+        if labelled is not None:
+            record["val_worst_group"] = labelled.worst_group(s.model, s.device)
         selection.update(epoch, record, s.model)
         record["kept_epoch"] = 1 + (epoch if selection.epoch_ is None else selection.epoch_)
         history.append(record)
@@ -254,8 +262,8 @@ def _fit(
     if selection.weights_ is not None:  # the run's model is the kept epoch's, not the last's
         s.model.load_state_dict(selection.weights_)
     if cluster.main:
-        if config.group_labels:
-            _repair_at_end(s, run_dir, listener)
+        if labelled is not None:
+            _repair_at_end(s, labelled, run_dir)
         _write_samples(s, last, weighting, run_dir)
     (run_dir / _cache_name(cluster)).unlink(missing_ok=True)
     distributed.leave(cluster)
@@ -588,26 +596,14 @@ def _checkpoint(
     files.write_jsonl(run_dir / runfolder.METRICS, history)
 
 
-def _repair_at_end(s: _Setup, run_dir: Path, listener: Listener) -> None:
-    """Refit the trained model's last layer on the run's group-labelled faces (``group_labels``).
+def _repair_at_end(s: _Setup, labelled: GroupLabels, run_dir: Path) -> None:
+    """Repair the kept model's last layer on the repairing half of the group-labelled faces.
 
     The checkpoint's weights (the last and the kept epoch's) become the repaired ones, and
     ``config.json`` records the repair for the model card; a repair that does not beat the layer
     as it was leaves the model as it was and says so there.
     """
-    from debias.repair import repair  # the training loop needs it only at the very end
-
-    config = s.config
-    labelled = load_data(
-        labels=config.group_labels,
-        groups=config.repair_groups,
-        image_size=config.model.image_size,
-        on_start=lambda n: listener.phase("decode", n),
-        on_advance=listener.advance,
-    )
-    groups = config.repair_groups or labelled.group_columns
-    names = np.asarray(labelled.classes)[labelled.y]
-    result = repair(s.model, labelled.images, names, labelled.frame[groups], classes=s.data.classes)
+    result = labelled.repair(s.model, s.data.classes)
     if result.repaired:
         s.model.load_state_dict(result.model.state_dict())
         state = runfolder.load_checkpoint(run_dir / runfolder.CHECKPOINT)
@@ -618,7 +614,9 @@ def _repair_at_end(s: _Setup, run_dir: Path, listener: Listener) -> None:
     saved = runfolder.read_config(run_dir)
     summary = result.summary()
     saved["repair"] = {k: summary[k] for k in ("repaired", "C", "labelled")}
-    saved["repair"].update(labels=config.group_labels, groups=list(groups))
+    saved["repair"].update(
+        labels=s.config.group_labels, groups=labelled.groups, chose_epoch=int(labelled.choose.sum())
+    )
     files.write_json(run_dir / runfolder.CONFIG, saved)
 
 

@@ -278,10 +278,18 @@ def test_a_run_with_group_labels_ends_repaired(tmp_path: Path) -> None:
     )  # fmt: skip
     result = train(config)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["repair"]["labelled"] == len(few) and saved["repair"]["groups"] == ["skin_tone"]
+    repair_half, choose_half = saved["repair"]["labelled"], saved["repair"]["chose_epoch"]
+    assert repair_half + choose_half == len(few) and abs(repair_half - choose_half) <= 4
+    assert saved["repair"]["groups"] == ["skin_tone"] and saved["train"]["select"] == "worst-group"
+    scores = [m["val_worst_group"] for m in result.metrics]
+    kept = result.metrics[-1]["kept_epoch"]
+    assert scores[kept - 1] == max(scores)  # the epoch kept is the best on the choosing half
     loaded, _ = load_model(tmp_path / "run")
     assert torch.equal(loaded.encoder.head.weight, result.model.encoder.head.weight)
+    with pytest.raises(ConfigError, match=r"^select='worst-group': reads the group labels"):
+        train(dataclasses.replace(config, group_labels=None, select="worst-group"))
     subject, _ = report_subject(tmp_path / "run", None, None)
     card = model_card(saved, None, subject)
-    assert f"{len(few)} group-labelled faces" in card.method
+    assert f"{repair_half} group-labelled faces" in card.method
+    assert "best worst class x group accuracy" in card.method
     assert "to repair the last layer" in card.groups
