@@ -461,184 +461,57 @@ def _references(value: str | None, groups: list[str] | None) -> dict[str, str]:
     return out
 
 
+AUDIT_OPTIONS = {
+    "model": Row(Path, "What to audit", "Classifier to audit: a debias run folder, a .pt2 program, "
+                 "TorchScript or ONNX file."),
+    "predictions": Row(Path, "What to audit", "Or a CSV of predictions: y_true, y_pred (or score "
+                       "+ --threshold), groups."),
+    "data": TRAIN_OPTIONS["data"],
+    "labels": TRAIN_OPTIONS["labels"],
+    "target": TRAIN_OPTIONS["target"],
+    "groups": TRAIN_OPTIONS["groups"],
+    "split": Row(str, "Data", "Audit only this split (train/val/test) of a partition."),
+    "image_size": Row(int, "External model", "Input side of an external model (default 64)."),
+    "mean": Row(str, "External model", "External model input mean per channel, e.g. "
+                "0.485,0.456,0.406."),
+    "std": Row(str, "External model", "External model input std per channel, e.g. "
+               "0.229,0.224,0.225."),
+    "classes": Row(str, "External model", "Class names: an external model's output order, or all "
+                   "classes a CSV may predict."),
+    "embed_with": Row(Path, "Slices", "DB-VAE run whose latents find slices (default: --model if "
+                      "a run)."),
+    "threshold": Row(float, "External model", "Decision threshold on a CSV's score column."),
+    "reference": Row(str, "Statistics", "Reference group per attribute, e.g. race=White (default: "
+                     "largest)."),
+    "bootstrap": Row(int, "Statistics", "Bootstrap replicates for confidence intervals (0: none)."),
+    "ci": Row(float, "Statistics", "Confidence level."),
+    "tau": Row(float, "Statistics", "Four-fifths rule: fair iff tau <= ratio <= 1/tau."),
+    "min_group_size": Row(int, "Statistics", "Smaller groups are reported as too small to judge."),
+    "pos_label": Row(str, "Statistics", "Positive class of a binary target."),
+    "slices": Row(int, "Slices", "Latent clusters for label-free slice discovery."),
+    "seed": Row(int, "Statistics", "Seed of the bootstrap and the clustering."),
+    "device": TRAIN_OPTIONS["device"],
+    "correction": Row(str, "Statistics", "Multiple-comparison correction of significance: none, "
+                      "or holm (Holm's step-down over every judged disparity)."),
+    "out": Row(Path, "Output", "Output folder (default reports/audit-<date-time>)."),
+    "overwrite": Row(Flag, "Output", "Replace an existing output set at --out."),
+    "fail_on": Row(str, "Output", "Exit with code 3 when the audit finds four-fifths failures: "
+                   "'significant' (difference significant, see --correction), 'any', or 'none' "
+                   "(the default)."),
+    "json_summary": Row(Flag, "Output", "Print a machine-readable summary on stdout, not tables.",
+                        "--json"),
+}  # fmt: skip
+AUDIT_PATHS = ("model", "predictions", "data", "labels", "embed_with", "out")
+
+
 @app.command()
-def audit(
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="Classifier to audit: a debias run folder, TorchScript or ONNX file.",
-            rich_help_panel="What to audit",
-        ),
-    ] = None,
-    predictions: Annotated[
-        Path | None,
-        typer.Option(
-            help="Or a CSV of predictions: y_true, y_pred (or score + --threshold), groups.",
-            rich_help_panel="What to audit",
-        ),
-    ] = None,
-    data: DataOpt = None,
-    labels: LabelsOpt = None,
-    target: TargetOpt = None,
-    groups: GroupsOpt = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="Audit only this split (train/val/test) of a partition.", rich_help_panel="Data"
-        ),
-    ] = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Input side of an external model (default 64).", rich_help_panel="External model"
-        ),
-    ] = None,
-    mean: Annotated[
-        str | None,
-        typer.Option(
-            help="External model input mean per channel, e.g. 0.485,0.456,0.406.",
-            rich_help_panel="External model",
-        ),
-    ] = None,
-    std: Annotated[
-        str | None,
-        typer.Option(
-            help="External model input std per channel, e.g. 0.229,0.224,0.225.",
-            rich_help_panel="External model",
-        ),
-    ] = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            help="Class names: an external model's output order, or all classes a CSV may predict.",
-            rich_help_panel="External model",
-        ),
-    ] = None,
-    embed_with: Annotated[
-        Path | None,
-        typer.Option(
-            help="DB-VAE run whose latents find slices (default: --model if a run).",
-            rich_help_panel="Slices",
-        ),
-    ] = None,
-    threshold: Annotated[
-        float,
-        typer.Option(
-            help="Decision threshold on a CSV's score column.", rich_help_panel="External model"
-        ),
-    ] = AuditConfig.threshold,
-    reference: Annotated[
-        str | None,
-        typer.Option(
-            help="Reference group per attribute, e.g. race=White (default: largest).",
-            rich_help_panel="Statistics",
-        ),
-    ] = None,
-    bootstrap: Annotated[
-        int,
-        typer.Option(
-            help="Bootstrap replicates for confidence intervals (0: none).",
-            rich_help_panel="Statistics",
-        ),
-    ] = AuditOptions.bootstrap,
-    ci: Annotated[
-        float, typer.Option(help="Confidence level.", rich_help_panel="Statistics")
-    ] = AuditOptions.ci,
-    tau: Annotated[
-        float,
-        typer.Option(
-            help="Four-fifths rule: fair iff tau <= ratio <= 1/tau.", rich_help_panel="Statistics"
-        ),
-    ] = AuditOptions.tau,
-    min_group_size: Annotated[
-        int,
-        typer.Option(
-            help="Smaller groups are reported as too small to judge.", rich_help_panel="Statistics"
-        ),
-    ] = AuditOptions.min_group_size,
-    pos_label: Annotated[
-        str | None,
-        typer.Option(help="Positive class of a binary target.", rich_help_panel="Statistics"),
-    ] = None,
-    slices: Annotated[
-        int,
-        typer.Option(
-            help="Latent clusters for label-free slice discovery.", rich_help_panel="Slices"
-        ),
-    ] = AuditOptions.slices,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Seed of the bootstrap and the clustering.", rich_help_panel="Statistics"
-        ),
-    ] = (AuditOptions.seed),
-    device: DeviceOpt = None,
-    correction: Annotated[
-        str,
-        typer.Option(
-            help="Multiple-comparison correction of significance: none, or holm (Holm's "
-            "step-down over every judged disparity).",
-            rich_help_panel="Statistics",
-        ),
-    ] = AuditOptions.correction,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Output folder (default reports/audit-<date-time>).",
-            rich_help_panel="Output",
-        ),
-    ] = None,
-    overwrite: OverwriteOpt = False,
-    fail_on: Annotated[
-        str,
-        typer.Option(
-            help="Exit with code 3 when the audit finds four-fifths failures: 'significant' "
-            "(difference significant, see --correction), 'any', or 'none'.",
-            rich_help_panel="Output",
-        ),
-    ] = "none",
-    json_summary: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print a machine-readable summary on stdout, not tables.",
-            rich_help_panel="Output",
-            metavar="",
-        ),
-    ] = False,
-) -> None:
+@with_options(AUDIT_OPTIONS, AuditConfig, AuditOptions)
+def audit(**options: Any) -> None:
     """Audit a classifier per group and intersection, with confidence intervals and slices."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    fail_on, json_summary = given.pop("fail_on", "none"), given.pop("json_summary", False)
     with _errors():
-        group_list = _split_list(groups)
-        config = AuditConfig(
-            model=str(model) if model else None,
-            predictions=str(predictions) if predictions else None,
-            data=str(data) if data else None,
-            labels=str(labels) if labels else None,
-            target=target,
-            split=split,
-            image_size=image_size,
-            mean=_floats("mean", mean),
-            std=_floats("std", std),
-            classes=_split_list(classes),
-            embed_with=str(embed_with) if embed_with else None,
-            threshold=threshold,
-            device=device or "auto",
-            out=str(out) if out else None,
-            overwrite=overwrite,
-            options=AuditOptions(
-                groups=group_list or [],
-                reference=_references(reference, group_list),
-                bootstrap=bootstrap,
-                ci=ci,
-                tau=tau,
-                min_group_size=min_group_size,
-                pos_label=pos_label,
-                slices=slices,
-                seed=seed,
-                correction=correction,
-            ),
-        )
+        config = _audit_config(given)
         if fail_on not in ("none", "any", "significant"):
             raise errors.ConfigError(
                 errors.BAD_OPTION.format(
@@ -650,6 +523,24 @@ def audit(
             )
         with RichListener(err_console if json_summary else console) as listener:
             report = write_audit(config, listener=listener)
+    _finish_audit(report, fail_on, json_summary)
+
+
+def _audit_config(given: dict[str, Any]) -> AuditConfig:
+    """Return the audit's config from the options given (paths as text, lists split)."""
+    values = {k: str(v) if k in AUDIT_PATHS else v for k, v in given.items()}
+    groups = _split_list(values.pop("groups", None))
+    for key in ("mean", "std"):
+        values[key] = _floats(key, values.get(key))
+    values["classes"] = _split_list(values.get("classes"))
+    option_names = {f.name for f in dataclasses.fields(AuditOptions)}
+    options = {k: values.pop(k) for k in list(values) if k in option_names}
+    options["reference"] = _references(options.get("reference"), groups)
+    return AuditConfig(**values, options=AuditOptions(groups=groups or [], **options))
+
+
+def _finish_audit(report: Any, fail_on: str, json_summary: bool) -> None:
+    """Print the audit (tables, or JSON on stdout) and exit 3 when the gate trips."""
     gate = report.result.failing(significant=fail_on == "significant")
     if json_summary:
         summary = {

@@ -29,11 +29,15 @@ class Toggle:
 
 
 class Row(NamedTuple):
-    """One option: its type (int, float, str, Path, Flag or Toggle), panel and help."""
+    """One option: its type (int, float, str, Path, Flag or Toggle), panel and help.
+
+    ``flag`` names the option on the command line when it differs from ``--field-name``.
+    """
 
     kind: type
     panel: str
     help: str
+    flag: str | None = None
 
 
 def with_options(table: dict[str, Row], *configs: type) -> Callable[[F], F]:
@@ -56,7 +60,7 @@ def with_options(table: dict[str, Row], *configs: type) -> Callable[[F], F]:
 
 
 def _parameter(name: str, row: Row, configs: tuple[type, ...]) -> inspect.Parameter:
-    flag = "--" + name.replace("_", "-")
+    flag = row.flag or "--" + name.replace("_", "-")
     common: dict[str, Any] = {"help": row.help, "rich_help_panel": row.panel}
     if row.kind is Flag:
         annotation = Annotated[bool, typer.Option(flag, metavar="", **common)]
