@@ -343,77 +343,119 @@ def audit(
         seen = pd.concat([pd.Series(y_true), pd.Series(y_pred)]).astype(str).unique()
         classes = sorted(seen.tolist())
     classes = [str(c) for c in classes]
-    yt = _codes(y_true, classes, "y_true")
-    yp = _codes(y_pred, classes, "y_pred")
+    yt, yp = _codes(y_true, classes, "y_true"), _codes(y_pred, classes, "y_pred")
     pos = positive_class(classes, options.pos_label)
     judged = [classes.index(pos)] if pos is not None else list(range(len(classes)))
-    keys = metric_keys(classes, judged)
-    rng = np.random.default_rng(options.seed)
-
-    # Each attribute's groups and the overall row are sums of the finest cells, so one set of
-    # bootstrap replicates serves them all.
-    cells, cell_groups = finest_cells(groups, options.groups)
-    n_cells = len(cell_groups) or 1
-    counts = cell_counts(cells, yt, yp, n_cells, len(classes))  # (G, C, C)
-    boot = bootstrap_counts(counts, options.bootstrap, rng)  # (B, G, C, C)
-
-    # The frequency-weighted outcome table that MetricFrame reads: one row per nonzero count.
-    g_idx, t_idx, p_idx = np.nonzero(counts)
-    weight = counts[g_idx, t_idx, p_idx].astype(np.float64)
-
-    everyone = pd.Series(np.zeros(len(g_idx), dtype=np.int64), name="overall")
-    overall = metric_frame(t_idx, p_idx, everyone, keys, weight).overall
-    rows = _group_rows(
-        "overall",
-        "all",
-        overall,
-        counts.sum(axis=0),
-        metrics_from_counts(boot.sum(axis=1), keys),
-        keys,
-        options,
-    )
-    disparity_rows: list[tuple] = []
+    outcome = _Outcomes.of(groups, yt, yp, classes, options, metric_keys(classes, judged))
+    rows, disparity_rows = outcome.overall_rows(), []
     for attribute in attributes_of(options.groups):
-        cell_value = attribute_values(cell_groups, attribute)  # (G,)
+        attribute_rows, attribute_disparities = outcome.attribute_rows(attribute)
+        rows += attribute_rows
+        disparity_rows += attribute_disparities
+    audited = pd.DataFrame({"y_true": np.asarray(classes, dtype=object)[yt],
+                            "y_pred": np.asarray(classes, dtype=object)[yp]})  # fmt: skip
+    audited[options.groups] = groups[options.groups].reset_index(drop=True)
+    return AuditResult(
+        pd.DataFrame(rows, columns=BY_GROUP_COLUMNS),
+        _disparity_table(disparity_rows, options),
+        classes,
+        pos,
+        options,
+        n=len(yt),
+        predictions=audited,
+    )
+
+
+@dataclass
+class _Outcomes:
+    """The audited rows as confusion counts per finest cell, with their bootstrap.
+
+    Also MetricFrame's frequency-weighted outcome table. Every group and the overall row are
+    sums of cells, so one set of bootstrap replicates serves them all.
+    """
+
+    options: AuditOptions
+    keys: list[MetricKey]
+    cell_groups: pd.DataFrame  # (G, attributes) the values of each finest cell
+    counts: np.ndarray  # (G, C, C) confusion counts per cell [true, pred]
+    boot: np.ndarray  # (B, G, C, C) bootstrap replicates of them
+    g_idx: np.ndarray  # the outcome table: cell, true and predicted class of each nonzero count
+    t_idx: np.ndarray
+    p_idx: np.ndarray
+    weight: np.ndarray  # each nonzero count
+
+    @classmethod
+    def of(
+        cls,
+        groups: pd.DataFrame,
+        yt: np.ndarray,
+        yp: np.ndarray,
+        classes: list[str],
+        options: AuditOptions,
+        keys: list[MetricKey],
+    ) -> _Outcomes:
+        """Count the outcomes per finest cell and draw their bootstrap."""
+        cells, cell_groups = finest_cells(groups, options.groups)
+        n_cells = len(cell_groups) or 1
+        counts = cell_counts(cells, yt, yp, n_cells, len(classes))  # (G, C, C)
+        rng = np.random.default_rng(options.seed)
+        boot = bootstrap_counts(counts, options.bootstrap, rng)  # (B, G, C, C)
+        g_idx, t_idx, p_idx = np.nonzero(counts)
+        weight = counts[g_idx, t_idx, p_idx].astype(np.float64)
+        return cls(options, keys, cell_groups, counts, boot, g_idx, t_idx, p_idx, weight)
+
+    def overall_rows(self) -> list[tuple]:
+        """Return the overall row of every metric."""
+        everyone = pd.Series(np.zeros(len(self.g_idx), dtype=np.int64), name="overall")
+        overall = metric_frame(self.t_idx, self.p_idx, everyone, self.keys, self.weight).overall
+        replicates = metrics_from_counts(self.boot.sum(axis=1), self.keys)
+        return _group_rows(
+            "overall", "all", overall, self.counts.sum(axis=0), replicates, self.keys, self.options
+        )
+
+    def attribute_rows(self, attribute: str) -> tuple[list[tuple], list[tuple]]:
+        """Return the rows of ``attribute``'s groups and its disparities against its reference."""
+        cell_value = attribute_values(self.cell_groups, attribute)  # (G,)
         names = sorted(set(cell_value) - {""})
         if not names:
-            continue
-        row_value = cell_value[g_idx]
+            return [], []
+        row_value = cell_value[self.g_idx]
         present = row_value != ""
         by_group = metric_frame(
-            t_idx[present],
-            p_idx[present],
+            self.t_idx[present],
+            self.p_idx[present],
             pd.Series(row_value[present], name=attribute),
-            keys,
-            weight[present],
+            self.keys,
+            self.weight[present],
         ).by_group
         member = (cell_value[None, :] == np.array(names, dtype=object)[:, None]).astype(np.int64)
-        group_counts = np.einsum("vg,gij->vij", member, counts)  # (V, C, C)
-        replicates = metrics_from_counts(np.einsum("vg,bgij->bvij", member, boot), keys)
+        group_counts = np.einsum("vg,gij->vij", member, self.counts)  # (V, C, C)
+        replicates = metrics_from_counts(np.einsum("vg,bgij->bvij", member, self.boot), self.keys)
+        rows = []
         for v, name in enumerate(names):
             rows += _group_rows(
-                attribute,
-                name,
-                by_group.loc[name],
-                group_counts[v],
-                replicates[:, v],
-                keys,
-                options,
-            )
+                attribute, name, by_group.loc[name], group_counts[v], replicates[:, v],
+                self.keys, self.options,
+            )  # fmt: skip
         sizes = {name: int(group_counts[v].sum()) for v, name in enumerate(names)}
-        reference = reference_group(attribute, names, sizes, options.reference)
-        disparity_rows += disparities(
+        reference = reference_group(attribute, names, sizes, self.options.reference)
+        found = disparities(
             attribute,
             names,
             reference,
             group_counts,
             replicates,
-            keys,
-            ci=options.ci,
-            tau=options.tau,
-            min_group_size=options.min_group_size,
-            bootstrapped=options.bootstrap > 0,
+            self.keys,
+            ci=self.options.ci,
+            tau=self.options.tau,
+            min_group_size=self.options.min_group_size,
+            bootstrapped=self.options.bootstrap > 0,
         )
+        return rows, found
+
+
+def _disparity_table(disparity_rows: list[tuple], options: AuditOptions) -> pd.DataFrame:
+    """Return the disparities as a table: repeats marked, p-values Holm-adjusted if asked."""
     table = pd.DataFrame(disparity_rows, columns=DISPARITY_COLUMNS)
     table["duplicate_of"] = mark_duplicates(table) if len(table) else []
     if options.correction == "holm" and len(table):
@@ -421,18 +463,7 @@ def audit(
         adjusted = holm(table["p_value"].where(tested).to_numpy())
         table["p_value"] = np.where(tested, adjusted, table["p_value"])
         table["significant"] = tested & (adjusted < 1 - options.ci)
-    audited = pd.DataFrame({"y_true": np.asarray(classes, dtype=object)[yt],
-                            "y_pred": np.asarray(classes, dtype=object)[yp]})  # fmt: skip
-    audited[options.groups] = groups[options.groups].reset_index(drop=True)
-    return AuditResult(
-        pd.DataFrame(rows, columns=BY_GROUP_COLUMNS),
-        table,
-        classes,
-        pos,
-        options,
-        n=len(yt),
-        predictions=audited,
-    )
+    return table
 
 
 def sensitive_frame(features: object, n: int) -> pd.DataFrame:
