@@ -6,7 +6,7 @@ Usage (from the project root; the data folder is ../shared/data on the project's
 
 For each task and seed it trains the plain classifier (``--baseline``) and the default DB-VAE
 through ``debias.train``, scores both on the task's test CSV, then repairs each with
-``debias.repair`` from N group-labelled faces per (class, group) cell drawn by the seed from the
+``debias.repair()`` from N group-labelled faces per (class, group) cell drawn by the seed from the
 task's own training CSV (N in 25, 50, 100 and "all": every face of the minority cells, the
 majority cells capped at the largest minority cell), and scores every repaired model on the same
 test CSV. Group labels are read for the drawn faces only, and the improvement is claimed on the

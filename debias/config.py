@@ -88,7 +88,7 @@ class TrainConfig:
     strict: bool = False  # skipping unreadable files is the default: real folders have a few
     out: str | None = None  # run folder; default runs/<date-time>
     # A labels CSV of a few group-labelled faces (training faces or others): the run ends by
-    # refitting its last layer on group-balanced draws of them (debias/repair.py), kept only if
+    # refitting its last layer on group-balanced draws of them (debias/refit.py), kept only if
     # it beats the layer as it was by cross-validation on those faces
     group_labels: str | None = None
     repair_groups: list[str] | None = None  # their group columns; default: those with 2-20 values

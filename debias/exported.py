@@ -1,6 +1,6 @@
 """The last linear layer of an exported model (``torch.export`` ``.pt2``, ONNX): read, replace.
 
-A repair (:mod:`debias.repair`) needs three things of a classifier: the features its last linear
+A repair (:mod:`debias.refit`) needs three things of a classifier: the features its last linear
 layer reads, that layer's weights, and a copy of the model with new weights. For a model file:
 
 - ``.pt2``: the last ``aten.linear`` call of the program's graph; its input is caught while the

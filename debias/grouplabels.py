@@ -4,7 +4,7 @@
 in two halves, stratified by (class, group) cell and seeded by the run: after every epoch the
 model's worst cell accuracy on the first half is the ``val_worst_group`` score that
 ``select="worst-group"`` keeps the best epoch by; at the end the kept model's last layer is
-repaired on the second half (:func:`debias.repair.repair`), so no face both chooses the epoch and
+repaired on the second half (:func:`debias.refit.repair`), so no face both chooses the epoch and
 fits the layer, and a repair that does not beat the layer as it was is not kept.
 """
 
@@ -67,7 +67,7 @@ class GroupLabels:
 
     def repair(self, model: torch.nn.Module, classes: list[str]) -> Any:
         """Repair ``model``'s last layer on the other half; return the :class:`RepairResult`."""
-        from debias.repair import repair  # training needs it only at the very end
+        from debias.refit import repair  # training needs it only at the very end
 
         rows = np.flatnonzero(~self.choose)
         return repair(

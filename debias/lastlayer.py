@@ -17,7 +17,7 @@ group-labelled set. Here, read top to bottom:
   evidence.
 
 The estimator works on feature arrays (what the layer reads) and is usable on features a user
-extracted themselves; :mod:`debias.repair` extracts them from models and writes layers back.
+extracted themselves; :mod:`debias.refit` extracts them from models and writes layers back.
 """
 
 from __future__ import annotations

@@ -293,3 +293,10 @@ def test_a_run_with_group_labels_ends_repaired(tmp_path: Path) -> None:
     assert f"{repair_half} group-labelled faces" in card.method
     assert "best worst class x group accuracy" in card.method
     assert "to repair the last layer" in card.groups
+
+
+def test_debias_repair_stays_the_function_whatever_was_imported_first() -> None:
+    import debias
+    import debias.jobs.repair  # noqa: F401  (it imports the module behind the function)
+
+    assert callable(debias.repair) and debias.repair.__name__ == "repair"

@@ -77,9 +77,8 @@ REPAIR_FACES = 25  # labelled faces per glasses x skin tone cell: what a small a
 def _repair_labels(train: Path, seed: int) -> Path:
     """Write a labels CSV of REPAIR_FACES training faces per cell, beside the training CSV."""
     frame = pd.read_csv(train / "labels.csv", keep_default_na=False)
-    drawn = frame.groupby(["label", "skin_tone"], group_keys=False).apply(
-        lambda cell: cell.sample(min(REPAIR_FACES, len(cell)), random_state=seed)
-    )
+    shuffled = frame.sample(frac=1.0, random_state=seed)
+    drawn = shuffled.groupby(["label", "skin_tone"]).head(REPAIR_FACES)
     path = train / "repair-labels.csv"
     drawn.to_csv(path, index=False)
     return path

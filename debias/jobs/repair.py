@@ -3,7 +3,7 @@
 The model is a debias run folder, a ``torch.export`` program (``.pt2``) or an ONNX file; the
 labelled faces come in a labels CSV (or any layout ``debias train`` reads) with the class and the
 group columns. The job decodes the faces, reads the features the model's last linear layer sees,
-refits that layer (:func:`debias.repair.fit_layer`) and writes, as one set into ``out``:
+refits that layer (:func:`debias.refit.fit_layer`) and writes, as one set into ``out``:
 
 - the model in the format it came in: a run folder (its checkpoint's class rows replaced; the
   model card says so), or the ``.pt2`` / ``.onnx`` file with the layer's weights replaced;
@@ -35,7 +35,7 @@ from debias.jobs.report import ReportConfig, write_report
 from debias.lastlayer import LastLayerRepair
 from debias.predict import is_export_archive, normaliser
 from debias.progress import Listener, SilentListener
-from debias.repair import LastLayer, RepairResult, fit_layer
+from debias.refit import LastLayer, RepairResult, fit_layer
 
 REPAIR_FILE = "repair.json"  # written into every repair's output set; what marks it as one
 REPAIR_WHAT = "a debias repair"

@@ -1,5 +1,7 @@
 """Repair a classifier with a few group labels: refit its last layer (DFR), never for the worse.
 
+(The module is ``refit`` so that ``debias.repair`` stays the function, never this module.)
+
 ``repair(model, images, y_true, sensitive_features)`` reads the features the model's last linear
 layer sees on a small group-labelled set, fits :class:`debias.lastlayer.LastLayerRepair` on them
 and returns the model with that layer replaced — or unchanged, when the new layer's
