@@ -16,7 +16,7 @@ import dataclasses
 import io
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -96,96 +96,24 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
     config.validate()
     out = Path(config.out or Path("reports") / datetime.now().strftime("audit-%Y%m%d-%H%M%S"))
     files.check_destination(out, AUDIT_FILE, AUDIT_WHAT, config.overwrite)  # before the work
-    notes: list[str] = []
     device = select_device(config.device)
-    images: np.ndarray | None = None
-
-    model_facts: dict[str, Any] | None = None  # what was audited, when it is a model file
     if config.predictions is not None:
-        source = config.predictions
-        table = read_predictions_csv(
-            config.predictions,
-            threshold=config.threshold,
-            pos_label=config.options.pos_label,
-            classes=config.classes,
-        )
-        candidates = [c for c in table.columns if is_attribute(c)]
-        groups = _groups(table, config.options.groups, candidates, source)
-        classes = sorted(set(table["y_true"]) | set(table["y_pred"]) | set(config.classes or []))
-        model_facts = {
-            "path": str(config.predictions),
-            "kind": "predictions",
-            "sha256": files.sha256(Path(config.predictions)),
-            "classes": classes,
-        }
+        got = _from_predictions(config)
     else:
-        source = config.model
-        classifier = load_classifier(
-            config.model,
-            mean=config.mean or (0.0, 0.0, 0.0),
-            std=config.std or (1.0, 1.0, 1.0),
-            device=device,
-        )
-        size = config.image_size or classifier.image_size or DEFAULT_IMAGE_SIZE
-        data = load_data(
-            config.data,
-            labels=config.labels,
-            target=config.target,
-            groups=config.options.groups or None,
-            image_size=size,
-            splits=[config.split] if config.split else None,
-            min_classes=1,
-            on_start=lambda n: listener.phase("decode", n),
-            on_advance=listener.advance,
-        )
-        if config.split and "split" not in data.frame.columns:
-            raise errors.ConfigError(
-                errors.BAD_OPTION.format(
-                    option="split",
-                    value=config.split,
-                    problem=f"{data.source} has no train/val/test partition",
-                    fix="Drop split= to audit every image.",
-                )
-            )
-        if data.skipped:
-            notes.append(
-                f"{len(data.skipped)} unreadable file(s) skipped; listed in {out / 'skipped.csv'}"
-            )
-        if not config.split and "split" in data.frame.columns:
-            parts = ", ".join(sorted(set(data.frame["split"])))
-            notes.append(
-                f"Audited every part of {data.source}'s partition ({parts}); a model trained on "
-                "it scores better on its own training images: pass --split test for held-out ones"
-            )
-        listener.phase("predict", len(data))
-        probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
-        classes = config.classes or classifier.classes or data.classes
-        model_facts = _model_facts(config, classifier, size, classes)
-        if model_facts["normalisation_assumed"]:
-            notes.append(
-                f"{source} was fed pixels/255 with mean {model_facts['mean']} and std "
-                f"{model_facts['std']} (assumed: no --mean/--std given). A model trained with "
-                "another normalisation (ImageNet's: --mean 0.485,0.456,0.406 --std "
-                "0.229,0.224,0.225) scores worse here than in use"
-            )
-        table = predictions_table(probabilities, classes, data.frame, data.classes, str(source))
-        groups = _groups(table, data.group_columns, data.group_columns, source)
-        images = data.images
-        skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
-
+        got = _from_model(config, out, device, listener)
+    table, source, notes, images = got.table, got.source, got.notes, got.images
     embedder = config.embed_with or (
         config.model if config.model and Path(config.model).is_dir() else None
     )
-    if not groups and embedder is None:  # nothing to compare: an audit would pass vacuously
+    if not got.groups and embedder is None:  # nothing to compare: an audit would pass vacuously
         columns = [c for c in table.columns if c not in ("y_true", "y_pred", "score")]
         raise errors.DataError(
             errors.NO_GROUPS.format(path=source, columns=", ".join(columns) or "none")
         )
     notes += degenerate_warnings(table["y_true"], table["y_pred"], source)
-    options = dataclasses.replace(config.options, groups=groups)
+    options = dataclasses.replace(config.options, groups=got.groups)
     config = dataclasses.replace(config, options=options, out=str(out))
-    result = audit(table["y_true"], table["y_pred"], table[groups], options, classes=classes)
-
+    result = audit(table["y_true"], table["y_pred"], table[got.groups], options, got.classes)
     slices = pd.DataFrame()
     if embedder is not None:
         if images is None:
@@ -195,13 +123,106 @@ def write_audit(config: AuditConfig, *, listener: Listener | None = None) -> Aud
         notes.append(
             "No label-free slices: pass --embed-with RUN (a DB-VAE run folder) to find them."
         )
-
     with files.output_set(out, AUDIT_FILE, AUDIT_WHAT, config.overwrite) as staging:
         if config.predictions is None:
-            files.write_csv(staging / "skipped.csv", skipped)
+            files.write_csv(staging / "skipped.csv", got.skipped)
         slices = _with_examples(staging, slices, table, images)
-        _write(staging, config, result, slices, table, notes, model_facts)
+        _write(staging, config, result, slices, table, notes, got.model_facts)
     return AuditReport(out, result, slices, table, notes)
+
+
+@dataclass
+class _Audited:
+    """What the audit compares: the predictions table and what it was made from."""
+
+    source: str
+    table: pd.DataFrame  # y_true, y_pred (score), group columns, path
+    groups: list[str]
+    classes: list[str]
+    model_facts: dict[str, Any]  # what was audited: file, hash, how it was fed
+    notes: list[str] = field(default_factory=list)
+    images: np.ndarray | None = None  # the decoded images, when a model predicted
+    skipped: pd.DataFrame | None = None
+
+
+def _from_predictions(config: AuditConfig) -> _Audited:
+    """Read a predictions CSV made elsewhere."""
+    source = str(config.predictions)
+    table = read_predictions_csv(
+        source,
+        threshold=config.threshold,
+        pos_label=config.options.pos_label,
+        classes=config.classes,
+    )
+    candidates = [c for c in table.columns if is_attribute(c)]
+    groups = _groups(table, config.options.groups, candidates, source)
+    classes = sorted(set(table["y_true"]) | set(table["y_pred"]) | set(config.classes or []))
+    facts = {"path": source, "kind": "predictions", "sha256": files.sha256(Path(source))}
+    return _Audited(source, table, groups, classes, {**facts, "classes": classes})
+
+
+def _from_model(
+    config: AuditConfig, out: Path, device: torch.device, listener: Listener
+) -> _Audited:
+    """Decode the images, predict them with the model, and note how it was fed."""
+    source = str(config.model)
+    classifier = load_classifier(
+        source, mean=config.mean or (0.0, 0.0, 0.0), std=config.std or (1.0, 1.0, 1.0),
+        device=device,
+    )  # fmt: skip
+    size = config.image_size or classifier.image_size or DEFAULT_IMAGE_SIZE
+    data = load_data(
+        config.data,
+        labels=config.labels,
+        target=config.target,
+        groups=config.options.groups or None,
+        image_size=size,
+        splits=[config.split] if config.split else None,
+        min_classes=1,
+        on_start=lambda n: listener.phase("decode", n),
+        on_advance=listener.advance,
+    )
+    notes = _data_notes(config, data, out)
+    listener.phase("predict", len(data))
+    probabilities = predict_images(classifier, data.images, on_advance=listener.advance)
+    classes = config.classes or classifier.classes or data.classes
+    facts = _model_facts(config, classifier, size, classes)
+    if facts["normalisation_assumed"]:
+        notes.append(
+            f"{source} was fed pixels/255 with mean {facts['mean']} and std {facts['std']} "
+            "(assumed: no --mean/--std given). A model trained with another normalisation "
+            "(ImageNet's: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225) scores worse here "
+            "than in use"
+        )
+    table = predictions_table(probabilities, classes, data.frame, data.classes, source)
+    groups = _groups(table, data.group_columns, data.group_columns, source)
+    skipped = pd.DataFrame(data.skipped, columns=["path", "reason"])
+    return _Audited(source, table, groups, list(classes), facts, notes, data.images, skipped)
+
+
+def _data_notes(config: AuditConfig, data: Any, out: Path) -> list[str]:
+    """Refuse a split the data lacks; note skipped files and a whole partition audited."""
+    if config.split and "split" not in data.frame.columns:
+        raise errors.ConfigError(
+            errors.BAD_OPTION.format(
+                option="split",
+                value=config.split,
+                problem=f"{data.source} has no train/val/test partition",
+                fix="Drop split= to audit every image.",
+            )
+        )
+    notes = []
+    if data.skipped:
+        notes.append(
+            f"{len(data.skipped)} unreadable file(s) skipped; listed in {out / 'skipped.csv'}"
+        )
+    if not config.split and "split" in data.frame.columns:
+        parts = ", ".join(sorted(set(data.frame["split"])))
+        notes.append(
+            f"Audited every part of {data.source}'s partition ({parts}); a model trained on "
+            "it scores better on its own training images: pass --split test for held-out ones"
+        )
+    return notes
 
 
 def _model_facts(
