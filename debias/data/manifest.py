@@ -207,8 +207,6 @@ def load_data(
     if splits is not None and "split" in frame.columns:
         frame = frame[frame["split"].isin(list(splits))]
     frame = frame.reset_index(drop=True)
-    skipped = list(manifest.skipped)
-
     if on_start is not None:
         on_start(len(frame))
     images, failures = decode_images(
@@ -219,24 +217,8 @@ def load_data(
         num_workers=num_workers,
         on_advance=on_advance,
     )
-    if failures:
-        skipped += [(frame["path"][i], reason) for i, reason in failures.items()]
-        keep = np.setdiff1d(np.arange(len(frame)), np.fromiter(failures, dtype=np.int64))
-        frame = frame.iloc[keep].reset_index(drop=True)
-        images = _compact(images, keep)
-    if strict and skipped:  # after decoding every file, so the count is the whole count
-        raise errors.DataError(
-            errors.UNREADABLE_STRICT.format(
-                path=skipped[0][0], reason=skipped[0][1], count=len(skipped)
-            )
-        )
-
-    if len(frame) == 0:
-        raise errors.DataError(
-            errors.NO_IMAGES.format(
-                path=manifest.source, skipped=len(skipped), exts=", ".join(IMAGE_EXTENSIONS)
-            )
-        )
+    frame, images, skipped = _drop_failures(frame, images, failures, list(manifest.skipped))
+    _check_decoded(manifest, frame, skipped, strict)
     classes = sorted(frame["label"].unique().tolist())
     if len(classes) < min_classes:
         raise errors.DataError(errors.ONE_CLASS.format(path=manifest.source, name=classes[0]))
@@ -248,6 +230,33 @@ def load_data(
     return FaceData(
         frame, images, classes, y, group_columns, skipped, manifest.layout, manifest.source
     )
+
+
+def _drop_failures(
+    frame: pd.DataFrame, images: np.ndarray, failures: dict[int, str], skipped: list
+) -> tuple[pd.DataFrame, np.ndarray, list]:
+    """Leave the rows that did not decode out, adding them to the skipped files."""
+    if not failures:
+        return frame, images, skipped
+    skipped = skipped + [(frame["path"][i], reason) for i, reason in failures.items()]
+    keep = np.setdiff1d(np.arange(len(frame)), np.fromiter(failures, dtype=np.int64))
+    return frame.iloc[keep].reset_index(drop=True), _compact(images, keep), skipped
+
+
+def _check_decoded(manifest: Manifest, frame: pd.DataFrame, skipped: list, strict: bool) -> None:
+    """Refuse skipped files under ``strict`` (counted after decoding every one), and no images."""
+    if strict and skipped:
+        raise errors.DataError(
+            errors.UNREADABLE_STRICT.format(
+                path=skipped[0][0], reason=skipped[0][1], count=len(skipped)
+            )
+        )
+    if len(frame) == 0:
+        raise errors.DataError(
+            errors.NO_IMAGES.format(
+                path=manifest.source, skipped=len(skipped), exts=", ".join(IMAGE_EXTENSIONS)
+            )
+        )
 
 
 def _compact(images: np.ndarray, keep: np.ndarray, chunk: int = 4096) -> np.ndarray:
