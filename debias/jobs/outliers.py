@@ -330,34 +330,8 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         screened_groups = _group_values(screened, config.calibration_groups, config.paths, "paths=")
     detector = fit_detector(config.model, config, listener)
     config = dataclasses.replace(config, components=list(detector.components_))
-    size = detector.model.cfg.image_size
 
-    listener.phase("score", len(paths))
-    parts = []
-    for start in range(0, len(paths), config.chunk_size):
-        chunk = paths[start : start + config.chunk_size]
-        images, failures = decode_images(chunk, size)
-        ok = np.setdiff1d(np.arange(len(chunk)), np.fromiter(failures, dtype=np.int64))
-        if len(ok):  # a chunk of unreadable files only has nothing to score
-            groups = None if screened_groups is None else screened_groups[start + ok]
-            part = detector.score_table(images[ok], groups)
-            part.insert(0, "path", [chunk[i] for i in ok])
-            part["reason"] = ""
-            parts.append(part)
-        bad = pd.DataFrame(
-            {"path": [chunk[i] for i in failures], "reason": list(failures.values())}
-        )
-        bad["is_outlier"] = True  # an input that cannot be read is not a face the model knows
-        bad["is_rare"] = False
-        parts.append(bad)
-        listener.advance(len(chunk))
-    # When nothing could be read the table still has every column: flagged rows, no scores.
-    columns = ["path", *detector.table_columns, "reason"]
-    table = pd.concat(parts, ignore_index=True).reindex(columns=columns)
-    table = table.sort_values("combined", ascending=False, na_position="first")
-    table.insert(1, "rank", np.arange(1, len(table) + 1))
-    table = table.reset_index(drop=True)
-
+    table = _score_all(detector, paths, screened_groups, config.chunk_size, listener)
     evaluation, inliers = None, None
     if config.eval_labels is not None:
         kinds, inlier_values = _kinds(table, config.eval_labels), _inlier_values(config.model)
@@ -379,6 +353,41 @@ def write_outliers(config: OutlierConfig, *, listener: Listener | None = None) -
         csv, table, detector, evaluation, _calibrated_on(config, detector), by_group,
         summary["notes"],
     )  # fmt: skip
+
+
+def _score_all(
+    detector: LatentOutlierDetector,
+    paths: list[str],
+    groups: np.ndarray | None,
+    chunk_size: int,
+    listener: Listener,
+) -> pd.DataFrame:
+    """Score every path in chunks; return the table ranked, unreadable files flagged first."""
+    listener.phase("score", len(paths))
+    size = detector.model.cfg.image_size
+    parts = []
+    for start in range(0, len(paths), chunk_size):
+        chunk = paths[start : start + chunk_size]
+        images, failures = decode_images(chunk, size)
+        ok = np.setdiff1d(np.arange(len(chunk)), np.fromiter(failures, dtype=np.int64))
+        if len(ok):  # a chunk of unreadable files only has nothing to score
+            part = detector.score_table(images[ok], None if groups is None else groups[start + ok])
+            part.insert(0, "path", [chunk[i] for i in ok])
+            part["reason"] = ""
+            parts.append(part)
+        bad = pd.DataFrame(
+            {"path": [chunk[i] for i in failures], "reason": list(failures.values())}
+        )
+        bad["is_outlier"] = True  # an input that cannot be read is not a face the model knows
+        bad["is_rare"] = False
+        parts.append(bad)
+        listener.advance(len(chunk))
+    # When nothing could be read the table still has every column: flagged rows, no scores.
+    columns = ["path", *detector.table_columns, "reason"]
+    table = pd.concat(parts, ignore_index=True).reindex(columns=columns)
+    table = table.sort_values("combined", ascending=False, na_position="first")
+    table.insert(1, "rank", np.arange(1, len(table) + 1))
+    return table.reset_index(drop=True)
 
 
 def _notes(config: OutlierConfig, detector: LatentOutlierDetector) -> list[str]:

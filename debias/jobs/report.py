@@ -29,6 +29,7 @@ from debias import errors, figures, files, runfolder
 from debias.data import decode_images
 from debias.facts import (
     ReportFacts,
+    Subject,
     accuracy_rows,
     audited_attributes,
     baseline_changes,
@@ -106,37 +107,18 @@ def write_report(config: ReportConfig, *, listener: Listener | None = None) -> P
     audit = read_audit(config.audit) if config.audit else None
     subject, run = report_subject(config.model, audit, config.audit)
     run_config = runfolder.read_config(run) if run else None
-    baseline_subject = None
-    if config.baseline:
-        if not Path(config.baseline).is_dir() and not config.baseline_audit:
-            raise errors.ConfigError(errors.BASELINE_NEEDS_AUDIT.format(path=config.baseline))
-        baseline_audit_json = read_audit(config.baseline_audit) if config.baseline_audit else None
-        baseline_subject, _ = report_subject(
-            config.baseline, baseline_audit_json, config.baseline_audit
-        )
+    baseline_subject = _baseline_subject(config)
     name = config.name or Path(subject.path).resolve().name.removesuffix(".csv")
     out = Path(config.out or Path("reports") / name)
     files.check_destination(out, REPORT_FILE, REPORT_WHAT, config.overwrite)  # before the work
     outliers, outlier_table = _read_outliers(config.outliers)
 
     with files.output_set(out, REPORT_FILE, REPORT_WHAT, config.overwrite) as staging:
-        baseline_audit_dir = config.baseline_audit
-        reads_from = baseline_audit_dir
+        baseline_audit_dir, reads_from = config.baseline_audit, config.baseline_audit
         if baseline_subject is not None and audit is not None and baseline_audit_dir is None:
             baseline_audit_dir = str(out / "baseline-audit")
             reads_from = str(staging / "baseline-audit")  # lands with the report, or not at all
-            listener.note(
-                f"Auditing the baseline {config.baseline} on the same images with the same "
-                f"options into {baseline_audit_dir} (pass --baseline-audit to use an existing "
-                "audit)"
-            )
-            inputs = AuditConfig.from_dict(audit["config"])
-            write_audit(
-                dataclasses.replace(
-                    inputs, model=config.baseline, embed_with=None, out=reads_from, overwrite=False
-                ),
-                listener=listener,
-            )
+            _audit_baseline(config, audit, baseline_audit_dir, reads_from, listener)
         compared = reads_from if audit is not None else None
         baseline = config.baseline
         if compared and not baseline:  # the baseline is what its audit audited
@@ -165,6 +147,34 @@ def write_report(config: ReportConfig, *, listener: Listener | None = None) -> P
         files.atomic_write(staging / "report.md", lambda fh: fh.write(markdown.encode()))
         files.atomic_write(staging / REPORT_FILE, lambda fh: fh.write(html.encode()))
     return out / REPORT_FILE
+
+
+def _baseline_subject(config: ReportConfig) -> Subject | None:
+    """Return what the baseline is, checked against its audit if given (None: no baseline)."""
+    if not config.baseline:
+        return None
+    if not Path(config.baseline).is_dir() and not config.baseline_audit:
+        raise errors.ConfigError(errors.BASELINE_NEEDS_AUDIT.format(path=config.baseline))
+    baseline_audit_json = read_audit(config.baseline_audit) if config.baseline_audit else None
+    subject, _ = report_subject(config.baseline, baseline_audit_json, config.baseline_audit)
+    return subject
+
+
+def _audit_baseline(
+    config: ReportConfig, audit: dict[str, Any], lands_in: str, writes_to: str, listener: Listener
+) -> None:
+    """Audit the baseline run with the audit's own inputs and options, and say so."""
+    listener.note(
+        f"Auditing the baseline {config.baseline} on the same images with the same options into "
+        f"{lands_in} (pass --baseline-audit to use an existing audit)"
+    )
+    inputs = AuditConfig.from_dict(audit["config"])
+    write_audit(
+        dataclasses.replace(
+            inputs, model=config.baseline, embed_with=None, out=writes_to, overwrite=False
+        ),
+        listener=listener,
+    )
 
 
 def report_predictions(
