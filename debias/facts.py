@@ -391,22 +391,24 @@ def report_subject(
             classes=list(run_config["data"]["classes"]),
         )
         return subject, path
-    subject = recorded_subject(audit)
+    subject = _audited_is(recorded_subject(audit), path, audit_path)
+    return subject, path if is_run else None
+
+
+def _audited_is(subject: Subject, path: Path, audit_path: str | Path | None) -> Subject:
+    """Refuse an audit that recorded another model than ``path``; return it as ``path``."""
     digest = _digest(path)
     if subject.sha256 is not None and subject.sha256 != digest:
         why = "their SHA-256 differ"
     elif subject.sha256 is None and Path(subject.path).resolve() != path.resolve():
         why = "the audit recorded no SHA-256, and its path differs"
     else:
-        why = ""
-    if why:
-        raise errors.RunError(
-            errors.AUDIT_NOT_OF_MODEL.format(
-                audit=audit_path, audited=subject.path, model=path, why=why
-            )
+        return dataclasses.replace(subject, path=str(path), sha256=digest)
+    raise errors.RunError(
+        errors.AUDIT_NOT_OF_MODEL.format(
+            audit=audit_path, audited=subject.path, model=path, why=why
         )
-    subject = dataclasses.replace(subject, path=str(path), sha256=digest)
-    return subject, path if is_run else None
+    )
 
 
 def recorded_subject(audit: dict[str, Any]) -> Subject:

@@ -47,8 +47,7 @@ def audit_model(
     classes : sequence of str
         Class names in the module's output order.
     mean, std : sequence of float
-        Per-channel normalisation the module was trained with; inputs are
-        ``(x / 255 - mean) / std``.
+        Per-channel normalisation it was trained with: inputs are ``(x / 255 - mean) / std``.
     options : AuditOptions, optional
         How the statistics are computed.
     device : str

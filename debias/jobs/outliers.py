@@ -166,20 +166,7 @@ def fit_detector(
         ``config.contamination`` of them.
     """
     listener = listener or SilentListener()
-    calibration_paths: list[str] = []
-    listed = None  # the calibration CSV, read once for its paths and its groups
-    if config.calibration is not None:
-        source = Path(config.calibration)
-        if source.suffix.lower() == ".csv":
-            listed = _listed_table(source)
-            calibration_paths = listed["path"].tolist()
-        else:
-            calibration_paths = _folder(source, "calibration=")
-    calibration_groups = None
-    if config.calibration_groups:
-        calibration_groups = _group_values(
-            listed, config.calibration_groups, config.calibration, "calibration="
-        )
+    calibration_paths, calibration_groups = _calibration_inputs(config)
     model, run_config = runfolder.load_model(run_dir)
     device = select_device(config.device)
     model = model.to(device)
@@ -221,6 +208,25 @@ def fit_detector(
         calibration_groups=calibration_groups,
         on_advance=listener.advance,
     )
+
+
+def _calibration_inputs(config: OutlierConfig) -> tuple[list[str], np.ndarray | None]:
+    """Return the calibration images' paths, and their groups with ``calibration_groups``."""
+    paths: list[str] = []
+    listed = None  # the calibration CSV, read once for its paths and its groups
+    if config.calibration is not None:
+        source = Path(config.calibration)
+        if source.suffix.lower() == ".csv":
+            listed = _listed_table(source)
+            paths = listed["path"].tolist()
+        else:
+            paths = _folder(source, "calibration=")
+    groups = None
+    if config.calibration_groups:
+        groups = _group_values(
+            listed, config.calibration_groups, config.calibration, "calibration="
+        )
+    return paths, groups
 
 
 def _decode_every(
