@@ -345,6 +345,27 @@ def _weighting_words(train: dict[str, Any]) -> str:
     return methods.describe(methods.method_of(config), config.epochs)
 
 
+def _add_training(
+    facts: ReportFacts, run: str | Path, run_config: dict[str, Any], baseline: str | Path | None
+) -> None:
+    """Add what a debias run's folder says: its settings, data, skipped files and training."""
+    metrics = runfolder.read_metrics(run)
+    is_run = baseline is not None and Path(baseline).is_dir()
+    baseline_metrics = runfolder.read_metrics(baseline) if is_run else []
+    skipped = runfolder.read_skipped(run)
+    facts.train_config = run_config["train"]
+    facts.data = run_config["data"]
+    facts.n_skipped = len(skipped)
+    facts.skipped = skipped.head(20).to_dict("records")
+    facts.training = {
+        "epochs": len(metrics),
+        "final": metrics[-1] if metrics else None,
+        # the epoch whose weights are the run's model (--select), from 1
+        "kept_epoch": metrics[-1].get("kept_epoch", len(metrics)) if metrics else None,
+        "baseline_final": baseline_metrics[-1] if baseline_metrics else None,
+    }
+
+
 def report_subject(
     model: str | Path | None, audit: dict[str, Any] | None, audit_path: str | Path | None
 ) -> tuple[Subject, Path | None]:
@@ -517,21 +538,7 @@ def gather_facts(
         outliers=outliers,
     )
     if run is not None:
-        metrics = runfolder.read_metrics(run)
-        is_run = baseline is not None and Path(baseline).is_dir()
-        baseline_metrics = runfolder.read_metrics(baseline) if is_run else []
-        skipped = runfolder.read_skipped(run)
-        facts.train_config = run_config["train"]
-        facts.data = run_config["data"]
-        facts.n_skipped = len(skipped)
-        facts.skipped = skipped.head(20).to_dict("records")
-        facts.training = {
-            "epochs": len(metrics),
-            "final": metrics[-1] if metrics else None,
-            # the epoch whose weights are the run's model (--select), from 1
-            "kept_epoch": metrics[-1].get("kept_epoch", len(metrics)) if metrics else None,
-            "baseline_final": baseline_metrics[-1] if baseline_metrics else None,
-        }
+        _add_training(facts, run, run_config, baseline)
     if audit is not None:
         facts.audit = {
             k: audit[k] for k in ("config", "n", "classes", "pos_label", "summary", "notes")

@@ -48,15 +48,14 @@ def paired_changes(
     sensitive_features : array-like, Series, DataFrame or dict, optional
         Group attributes, as :func:`debias.fairness.audit.audit` takes them.
     options : AuditOptions, optional
-        ``groups``, ``bootstrap``, ``ci``, ``min_group_size`` and ``seed`` are used.
+        Its ``groups``, ``bootstrap``, ``ci``, ``min_group_size`` and ``seed`` are read.
 
     Returns
     -------
     pandas.DataFrame
-        One row for ``overall``, one per group of each attribute and the intersection, and a
-        last row (attribute ``"worst group"``) for the lowest judged group accuracy of each model
-        (the groups may differ; ``group`` names both): ``before``, ``after``, ``change`` and its
-        interval, ``significant`` when the interval excludes 0.
+        A row for ``overall``, each group and intersection, and a last row (``"worst group"``)
+        for each model's lowest judged group accuracy (``group`` names both): ``before``,
+        ``after``, ``change`` and its interval, ``significant`` when it excludes 0.
     """
     options = options or AuditOptions()
     frame = sensitive_frame(sensitive_features, len(y_true))
@@ -69,15 +68,7 @@ def paired_changes(
     rng = np.random.default_rng(options.seed)
     boot = bootstrap_counts(counts, options.bootstrap, rng)  # (B, G, 2, 2)
 
-    # Membership of each cell in each row of the table: overall, then every group.
-    labels = [("overall", "all")]
-    members = [np.ones(len(cell_groups) or 1, dtype=np.int64)]
-    for attribute in attributes_of(names):
-        value = attribute_values(cell_groups, attribute)
-        for name in sorted(set(value) - {""}):
-            labels.append((attribute, name))
-            members.append((value == name).astype(np.int64))
-    member = np.stack(members)  # (R, G)
+    labels, member = _rows_of(cell_groups, names)  # (R,), (R, G)
     sizes = np.einsum("rg,gij->r", member, counts)
     point = _accuracies(np.einsum("rg,gij->rij", member, counts))  # (2, R)
     replicates = _accuracies(np.einsum("rg,bgij->brij", member, boot))  # (2, B, R)
@@ -97,14 +88,36 @@ def paired_changes(
     ]
     groups = np.flatnonzero(judged & (np.arange(len(labels)) > 0))
     if len(groups):
-        # Each model's worst judged group, in the data and in every replicate.
-        worst = point[:, groups].min(axis=1)
-        worst_rep = np.nanmin(replicates[:, :, groups], axis=2)
-        which = [f"{labels[groups[i]][0]} = {labels[groups[i]][1]}" for i in
-                 point[:, groups].argmin(axis=1)]  # fmt: skip
-        rows.append(_row(WORST, " -> ".join(which), int(sizes[0]), True, worst, worst_rep,
-                         options.ci))  # fmt: skip
+        rows.append(_worst_row(labels, groups, int(sizes[0]), point, replicates, options.ci))
     return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+
+
+def _rows_of(cell_groups: pd.DataFrame, names: Sequence[str]) -> tuple[list[tuple], np.ndarray]:
+    """Return the table's rows (overall, then every group) and which cells each holds (R, G)."""
+    labels = [("overall", "all")]
+    members = [np.ones(len(cell_groups) or 1, dtype=np.int64)]
+    for attribute in attributes_of(names):
+        value = attribute_values(cell_groups, attribute)
+        for name in sorted(set(value) - {""}):
+            labels.append((attribute, name))
+            members.append((value == name).astype(np.int64))
+    return labels, np.stack(members)
+
+
+def _worst_row(
+    labels: list[tuple],
+    groups: np.ndarray,
+    n: int,
+    point: np.ndarray,
+    replicates: np.ndarray,
+    ci: float,
+) -> tuple:
+    """Each model's worst judged group, in the data and in every replicate, as one row."""
+    worst = point[:, groups].min(axis=1)
+    worst_rep = np.nanmin(replicates[:, :, groups], axis=2)
+    which = [f"{labels[groups[i]][0]} = {labels[groups[i]][1]}" for i in
+             point[:, groups].argmin(axis=1)]  # fmt: skip
+    return _row(WORST, " -> ".join(which), n, True, worst, worst_rep, ci)
 
 
 def _accuracies(counts: np.ndarray) -> np.ndarray:
