@@ -219,7 +219,7 @@ class LatentRarity(_Stateless):
             "must be a whole number, 0 or more",
             "Pass e.g. 1.",
         )
-        self.density.validate()
+        getattr(self.density, "validate", lambda: None)()
 
     def describe(self, epochs: int) -> str:  # noqa: D102
         ess = self.density.ess_fraction
