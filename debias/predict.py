@@ -455,24 +455,29 @@ def read_predictions_csv(
     if pred_col is not None:
         check_filled(frame, pred_col, path)
         out = out.rename(columns={pred_col: "y_pred"})
-        known = set(out["y_true"]) | set(classes or [])
-        unknown = sorted(set(out["y_pred"]) - known)
-        if unknown:
-            row = int(out.index[out["y_pred"] == unknown[0]][0])
-            raise errors.DataError(
-                errors.UNKNOWN_PREDICTION.format(
-                    path=path,
-                    row=row + 2,
-                    value=unknown[0],
-                    classes=", ".join(sorted(set(out["y_true"]))[:10]),
-                )
-            )
+        _check_predicted_classes(out, path, classes)
     else:
         out = out.rename(columns={score_col: "score"})
         out["y_pred"] = _threshold(out, path, threshold, pos_label)
     if "path" in out.columns:
         out["path"] = relative_paths(path, out["path"])
     return out
+
+
+def _check_predicted_classes(out: pd.DataFrame, path: Path, classes: Sequence[str] | None) -> None:
+    """Refuse a predicted class that is no true class (a typo) unless ``classes`` lists it."""
+    known = set(out["y_true"]) | set(classes or [])
+    unknown = sorted(set(out["y_pred"]) - known)
+    if unknown:
+        row = int(out.index[out["y_pred"] == unknown[0]][0])
+        raise errors.DataError(
+            errors.UNKNOWN_PREDICTION.format(
+                path=path,
+                row=row + 2,
+                value=unknown[0],
+                classes=", ".join(sorted(set(out["y_true"]))[:10]),
+            )
+        )
 
 
 def _threshold(frame: pd.DataFrame, path: Path, threshold: float, pos_label: str | None) -> list:
