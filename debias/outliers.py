@@ -604,19 +604,7 @@ class LatentOutlierDetector:
             reconstruct=False,
             on_advance=on_advance,
         )
-        self.mean_ = mu_train.mean(axis=0)
-        self.precision_ = LedoitWolf().fit(mu_train).precision_
-        # The views' reference holds the training faces and their mirror images, as training saw
-        # them (V N rows): scene crops 0.9885 -> 0.9906 on utk-gender, 3 seeds; Black faces'
-        # validation-calibrated false-flag rate 0.079 -> 0.069 (outlier-features.md)
-        hidden = np.concatenate(list(features["hidden_features"]))  # (V N, D)
-        self.hidden_stats_ = (hidden.mean(axis=0), LedoitWolf().fit(hidden).precision_)
-        self.conv_bank_ = _unit(torch.from_numpy(np.concatenate(list(features["conv_lof"]))))
-        own, _ = _neighbours(self.conv_bank_, self.conv_bank_, NEIGHBOURS, skip_self=True)
-        self.conv_radius_ = own[:, -1]  # (V N,)
-        self.histogram_ = self.density or LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
-            torch.from_numpy(mu_train)
-        )
+        self._fit_reference(mu_train, features)
         # The folded face evidence and the pixel statistics, and a detection model's face class
         # beside them. The latent components only dilute the minimum next to the evidence (scene
         # crops on utk-gender: 0.984 without them, 0.974 with mahalanobis and kl; occlusion s3 on
@@ -631,6 +619,22 @@ class LatentOutlierDetector:
             ).fit(mu_train)
         scores = self.score_components(calibration, on_advance=on_advance)
         return self.fit_calibration(scores, calibration_groups)
+
+    def _fit_reference(self, mu_train: np.ndarray, features: dict[str, np.ndarray]) -> None:
+        """Fit what new faces are compared with: the training faces' latents and feature views."""
+        self.mean_ = mu_train.mean(axis=0)
+        self.precision_ = LedoitWolf().fit(mu_train).precision_
+        # The views' reference holds the training faces and their mirror images, as training saw
+        # them (V N rows): scene crops 0.9885 -> 0.9906 on utk-gender, 3 seeds; Black faces'
+        # validation-calibrated false-flag rate 0.079 -> 0.069 (outlier-features.md)
+        hidden = np.concatenate(list(features["hidden_features"]))  # (V N, D)
+        self.hidden_stats_ = (hidden.mean(axis=0), LedoitWolf().fit(hidden).precision_)
+        self.conv_bank_ = _unit(torch.from_numpy(np.concatenate(list(features["conv_lof"]))))
+        own, _ = _neighbours(self.conv_bank_, self.conv_bank_, NEIGHBOURS, skip_self=True)
+        self.conv_radius_ = own[:, -1]  # (V N,)
+        self.histogram_ = self.density or LatentHistogram(bins=self.bins, alpha=self.alpha).fit(
+            torch.from_numpy(mu_train)
+        )
 
     def fit_calibration(
         self, scores: dict[str, np.ndarray], groups: Sequence[str] | None = None
