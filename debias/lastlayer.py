@@ -197,7 +197,7 @@ class LastLayerRepair:
         intercept = np.zeros(self.n_classes_)
         for _ in range(draws):
             drawn = _balanced_draw(rows, cell[rows], self.max_per_cell, rng)
-            c, b = _fit_one(Z[drawn], y[drawn], C, self.n_classes_)
+            c, b = _fit_one(Z[drawn], y[drawn], C, self.n_classes_, _class_weights(y, cell, drawn))
             coef, intercept = coef + c, intercept + b
         return coef / draws, intercept / draws
 
@@ -257,11 +257,27 @@ def _balanced_draw(
     return np.concatenate([rng.choice(m, n, replace=False) for m in members])
 
 
+def _class_weights(y: np.ndarray, cell: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """Weights that give every class the same total in a draw, whatever its number of cells.
+
+    A draw takes as many rows from every cell, so a class with more groups (a detector's faces
+    of four races against its one cell of non-faces) would outweigh the others and shift the
+    decision towards it: each row is weighed by the inverse of its class's cell count, scaled so
+    the weights average 1 (equal cell counts give weight 1 everywhere: nothing changes).
+    """
+    pairs = np.unique(np.stack([y[drawn], cell[drawn]]), axis=1)  # (2, cells drawn)
+    cells_per_class = np.bincount(pairs[0], minlength=int(y.max()) + 1)
+    present = cells_per_class > 0
+    w = pairs.shape[1] / present.sum() / cells_per_class[y[drawn]]
+    return w / w.mean()
+
+
 def _fit_one(
     Z: np.ndarray,
     y: np.ndarray,
     C: float,
     n_classes: int,  # noqa: N803
+    weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One L1 logistic regression as a full layer ``(n_classes, D)``, ``(n_classes,)``."""
     present = np.unique(y)
@@ -276,7 +292,8 @@ def _fit_one(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(Z, y)
+        uniform = weight is None or bool(np.all(weight == 1.0))  # liblinear differs by 1e-4
+        model.fit(Z, y, sample_weight=None if uniform else weight)
     if binary:  # one logit difference: split it evenly between the two rows
         coef[present[1]], coef[present[0]] = model.coef_[0] / 2, -model.coef_[0] / 2
         intercept[present] = [-model.intercept_[0] / 2, model.intercept_[0] / 2]

@@ -300,3 +300,15 @@ def test_debias_repair_stays_the_function_whatever_was_imported_first() -> None:
     import debias.jobs.repair  # noqa: F401  (it imports the module behind the function)
 
     assert callable(debias.repair) and debias.repair.__name__ == "repair"
+
+
+def test_every_class_weighs_the_same_whatever_its_number_of_groups() -> None:
+    from debias.lastlayer import _class_weights
+
+    # a detector's labelled faces: four races of faces, one cell of non-faces, 5 rows each
+    y = np.repeat([0, 0, 0, 0, 1], 5)
+    cell = np.repeat([0, 1, 2, 3, 4], 5)
+    w = _class_weights(y, cell, np.arange(25))
+    assert w[y == 0].sum() == pytest.approx(w[y == 1].sum())
+    same = _class_weights(np.repeat([0, 0, 1, 1], 5), np.repeat([0, 1, 2, 3], 5), np.arange(20))
+    assert np.array_equal(same, np.ones(20))  # equal cells per class: the fit is unweighted
