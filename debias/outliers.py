@@ -579,16 +579,15 @@ class LatentOutlierDetector:
             uint8 inlier faces to calibrate the false-flag rate on, drawn like the inputs to be
             screened. Default: ``calibration_fraction`` of ``X``, held out from fitting.
         calibration_groups : sequence of str, optional
-            The group of each calibration face ('' for unknown): each group is then calibrated
-            on its own faces (Mondrian conformal prediction), and :meth:`predict` and
-            :meth:`score_table` judge a face by its group's threshold when given its group.
+            Each calibration face's group ('' if unknown): each group is calibrated on its own
+            faces (Mondrian conformal), and a face given its group is judged by its threshold.
         on_advance : callable, optional
             Progress hook, called with the number of images of each batch.
 
         Returns
         -------
         LatentOutlierDetector
-            ``self``, fitted.
+            ``self``.
         """
         if calibration is None:
             order = np.random.default_rng(self.random_state).permutation(len(X))
