@@ -8,6 +8,8 @@ the run's training faces; accuracy by density decile shows whether rare faces fa
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -60,35 +62,18 @@ def slice_table(
     embedding : numpy.ndarray
         The rows' latent means ``(N, K)``; examples are the failures nearest a slice's centre.
     options : AuditOptions
-        Bootstrap size, level, minimum size and seed; ``options.groups`` name the known group
-        columns used only to describe each slice's make-up, never to form slices.
-    kind : str
-        ``cluster`` or ``density decile``, written in the table.
-    rank_by_error : bool
-        Rank by the error rate's lower interval bound (clusters); otherwise keep slice order.
+        Bootstrap size, level, minimum size, seed; ``groups`` only describe a slice's make-up.
+    kind, rank_by_error
+        ``kind`` (cluster, density decile) goes in the table; ``rank_by_error`` ranks by the
+        error rate's lower interval bound, else slices keep their order.
 
     Returns
     -------
     pandas.DataFrame
-        One row per slice: kind, slice, rank, n, errors, error_rate, ci_low, ci_high, judged,
+        A row per slice: kind, slice, rank, n, errors, error_rate (ci_low, ci_high), judged,
         share_of_errors, composition, examples.
     """
-    name = "slice"
-    result = audit(
-        table["y_true"].to_numpy(),
-        table["y_pred"].to_numpy(),
-        pd.DataFrame({name: slices.astype(str)}),
-        AuditOptions(
-            groups=[name],
-            bootstrap=options.bootstrap,
-            ci=options.ci,
-            min_group_size=options.min_group_size,
-            seed=options.seed,
-        ),
-        classes=sorted(set(map(str, table["y_true"])) | set(map(str, table["y_pred"]))),
-    )
-    by_group = result.by_group
-    acc = by_group[(by_group.attribute == name) & (by_group.metric == "accuracy")]
+    acc = _slice_accuracy(table, slices, options)
     wrong = (table["y_true"].astype(str) != table["y_pred"].astype(str)).to_numpy()
     total_errors = max(int(wrong.sum()), 1)
     rows = []
@@ -118,6 +103,26 @@ def slice_table(
         out = out.sort_values("slice", key=lambda s: s.astype(int))
     out.insert(2, "rank", np.arange(1, len(out) + 1))
     return out.reset_index(drop=True)
+
+
+def _slice_accuracy(table: pd.DataFrame, slices: np.ndarray, options: AuditOptions) -> Any:
+    """Return each slice's accuracy row of an audit whose only groups are the slices."""
+    name = "slice"
+    result = audit(
+        table["y_true"].to_numpy(),
+        table["y_pred"].to_numpy(),
+        pd.DataFrame({name: slices.astype(str)}),
+        AuditOptions(
+            groups=[name],
+            bootstrap=options.bootstrap,
+            ci=options.ci,
+            min_group_size=options.min_group_size,
+            seed=options.seed,
+        ),
+        classes=sorted(set(map(str, table["y_true"])) | set(map(str, table["y_pred"]))),
+    )
+    by_group = result.by_group
+    return by_group[(by_group.attribute == name) & (by_group.metric == "accuracy")]
 
 
 def _composition(table: pd.DataFrame, members: np.ndarray, groups: list[str]) -> str:
