@@ -60,8 +60,7 @@ def slice_table(
     slices : numpy.ndarray
         Slice of each row ``(N,)``.
     embedding : numpy.ndarray
-        The rows' latent means ``(N, K)``; examples are the failures nearest a slice's centre.
-    options : AuditOptions
+        The rows' latent means ``(N, K)``: examples are the failures nearest a slice's centre.
         Bootstrap size, level, minimum size, seed; ``groups`` only describe a slice's make-up.
     kind, rank_by_error
         ``kind`` (cluster, density decile) goes in the table; ``rank_by_error`` ranks by the
