@@ -61,6 +61,7 @@ def slice_table(
         Slice of each row ``(N,)``.
     embedding : numpy.ndarray
         The rows' latent means ``(N, K)``: examples are the failures nearest a slice's centre.
+    options : AuditOptions
         Bootstrap size, level, minimum size, seed; ``groups`` only describe a slice's make-up.
     kind, rank_by_error
         ``kind`` (cluster, density decile) goes in the table; ``rank_by_error`` ranks by the
@@ -69,8 +70,7 @@ def slice_table(
     Returns
     -------
     pandas.DataFrame
-        A row per slice: kind, slice, rank, n, errors, error_rate (ci_low, ci_high), judged,
-        share_of_errors, composition, examples.
+        A row per slice: rank, n, errors, error_rate and interval, share_of_errors, examples.
     """
     acc = _slice_accuracy(table, slices, options)
     wrong = (table["y_true"].astype(str) != table["y_pred"].astype(str)).to_numpy()
