@@ -20,6 +20,7 @@ import torch
 from debias.config import TrainConfig
 from debias.data import load_data
 from debias.encode import encode
+from debias.lastlayer import cell_labels
 from debias.progress import Listener
 
 
@@ -32,6 +33,7 @@ class GroupLabels:
     y: np.ndarray  # (N,) class index in the run's classes
     frame: pd.DataFrame  # (N, groups) the group columns
     groups: list[str]
+    cell: np.ndarray  # (N,) each face's (class, group) cell
     choose: np.ndarray  # (N,) bool: the half that chooses the epoch
 
     @classmethod
@@ -48,8 +50,8 @@ class GroupLabels:
         names = np.asarray(data.classes)[data.y]
         y = pd.Index(classes).get_indexer(names)
         frame = data.frame[groups].reset_index(drop=True)
-        cell = pd.Series(names) + "|" + frame.astype(str).agg("|".join, axis=1)
-        return cls(data.images, names, y, frame, groups, _halves(cell.to_numpy(), config.seed))
+        cell = cell_labels(names, frame.astype(str).agg("|".join, axis=1).to_numpy())
+        return cls(data.images, names, y, frame, groups, cell, _halves(cell, config.seed))
 
     def worst_group(self, model: torch.nn.Module, device: torch.device) -> float | None:
         """Return the lowest (class, group) cell accuracy on the choosing half."""
@@ -58,12 +60,7 @@ class GroupLabels:
             return None
         _, probs = encode(model, self.images, rows, device=device)
         correct = probs.argmax(1).numpy() == self.y[rows]
-        cell = (
-            pd.Series(self.names[rows])
-            + "|"
-            + self.frame.iloc[rows].astype(str).agg("|".join, axis=1).to_numpy()
-        )
-        return float(pd.Series(correct).groupby(cell.to_numpy()).mean().min())
+        return float(pd.Series(correct).groupby(self.cell[rows]).mean().min())
 
     def repair(self, model: torch.nn.Module, classes: list[str]) -> Any:
         """Repair ``model``'s last layer on the other half; return the :class:`RepairResult`."""

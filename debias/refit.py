@@ -63,6 +63,11 @@ class RepairResult:
     classes: list[str]
     warnings: list[str] = field(default_factory=list)
 
+    def card(self, labels: str) -> dict[str, Any]:
+        """Return what a run's ``config.json`` keeps of the repair for its model card."""
+        return {"repaired": self.repaired, "C": self.estimator.C_,
+                "labelled": int(sum(self.estimator.cells_.values())), "labels": labels}  # fmt: skip
+
     def summary(self) -> dict[str, Any]:
         """Return what ``repair.json`` records: faces per cell, C, both layers' worst cells."""
         est = self.estimator
@@ -251,9 +256,9 @@ class LastLayer:
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the class rows of the layer: ``(C, D)`` weights and ``(C,)`` biases."""
         w = self.linear.weight.detach()[: self.n_classes].double().cpu().numpy()
-        b = self.linear.bias
-        bias = np.zeros(self.n_classes) if b is None else b.detach()[: self.n_classes].double()
-        return w, np.asarray(bias.cpu().numpy() if isinstance(bias, torch.Tensor) else bias)
+        if self.linear.bias is None:
+            return w, np.zeros(self.n_classes)
+        return w, self.linear.bias.detach()[: self.n_classes].double().cpu().numpy()
 
     def copy(self) -> torch.nn.Module:
         """Return a copy of the model as it is."""

@@ -194,6 +194,18 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def with_model_weights(state: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
+    """Return a checkpoint whose model is ``weights``: the last epoch's and the kept epoch's.
+
+    :func:`load_model` reads the kept epoch's weights when the run selects one, and a resume
+    continues from the last ones; a change to the model (a repair) must reach both.
+    """
+    state = dict(state, model=weights)
+    if (state.get("selection") or {}).get("weights") is not None:
+        state["selection"] = dict(state["selection"], weights=weights)
+    return state
+
+
 def load_model(run_dir: str | os.PathLike[str]) -> tuple[DBVAE, dict[str, Any]]:
     """Load a run's model (the epoch its ``select`` rule kept), in eval mode on the CPU.
 

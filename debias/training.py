@@ -607,16 +607,11 @@ def _repair_at_end(s: _Setup, labelled: GroupLabels, run_dir: Path) -> None:
     if result.repaired:
         s.model.load_state_dict(result.model.state_dict())
         state = runfolder.load_checkpoint(run_dir / runfolder.CHECKPOINT)
-        state["model"] = s.model.state_dict()
-        if (state.get("selection") or {}).get("weights") is not None:
-            state["selection"]["weights"] = s.model.state_dict()
+        state = runfolder.with_model_weights(state, s.model.state_dict())
         runfolder.save_checkpoint(run_dir / runfolder.CHECKPOINT, state)
     saved = runfolder.read_config(run_dir)
-    summary = result.summary()
-    saved["repair"] = {k: summary[k] for k in ("repaired", "C", "labelled")}
-    saved["repair"].update(
-        labels=s.config.group_labels, groups=labelled.groups, chose_epoch=int(labelled.choose.sum())
-    )
+    saved["repair"] = result.card(str(s.config.group_labels))
+    saved["repair"].update(groups=labelled.groups, chose_epoch=int(labelled.choose.sum()))
     files.write_json(run_dir / runfolder.CONFIG, saved)
 
 

@@ -172,14 +172,13 @@ class GroupBalanced(_Stateless):
         return EpochWeights(group_balanced_weights(view.frame, self.columns, view.y), True)
 
     def validate(self) -> None:  # noqa: D102
-        if not self.columns or not all(isinstance(c, str) and c for c in self.columns):
-            errors.check_option(
-                False,
-                "columns",
-                self.columns,
-                "names no group column",
-                "Pass the group columns to balance, e.g. ['race', 'gender'].",
-            )
+        errors.check_option(
+            bool(self.columns) and all(isinstance(c, str) and c for c in self.columns),
+            "columns",
+            self.columns,
+            "names no group column",
+            "Pass the group columns to balance, e.g. ['race', 'gender'].",
+        )
 
     def describe(self, epochs: int) -> str:  # noqa: D102
         cells = " x ".join(self.columns)

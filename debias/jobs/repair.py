@@ -149,22 +149,18 @@ def write_repair(config: RepairConfig, *, listener: Listener | None = None) -> R
         target.weights(),
         classes,
         config.allow_empty_cells,
-        _estimator(config.seed),
+        LastLayerRepair(random_state=config.seed),
     )
     result = RepairResult(target.source, bool(est.improved_), est, classes, warnings)
     summary = {**result.summary(), "model": str(model), "labels": str(config.labels)}
     with files.output_set(out, REPAIR_FILE, REPAIR_WHAT, config.overwrite) as staging:
-        written = target.write(staging, est if result.repaired else None, summary)
+        written = target.write(staging, result, str(config.labels))
         files.write_json(staging / REPAIR_FILE, summary)
     report = RepairReport(out, out / written, summary)
     if config.eval_labels:
         report.summary["evaluation"] = _evaluate(config, report, listener)
         files.write_json(out / REPAIR_FILE, report.summary)
     return report
-
-
-def _estimator(seed: int) -> LastLayerRepair:
-    return LastLayerRepair(random_state=seed)
 
 
 class _RunTarget:
@@ -183,20 +179,18 @@ class _RunTarget:
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         return self.layer.weights()
 
-    def write(self, staging: Path, est: Any, summary: dict[str, Any]) -> str:
+    def write(self, staging: Path, result: RepairResult, labels: str) -> str:
         """Copy the run into ``staging`` with the head's class rows replaced; return ``""``."""
         for name in (runfolder.METRICS, runfolder.SAMPLES, runfolder.DENSITY, "skipped.csv"):
             if (self.run / name).is_file():
                 shutil.copy2(self.run / name, staging / name)
         state = runfolder.load_checkpoint(self.run / runfolder.CHECKPOINT)
-        if est is not None:
-            fixed = self.layer.with_weights(est.coef_, est.intercept_).state_dict()
-            state["model"] = fixed
-            if (state.get("selection") or {}).get("weights") is not None:
-                state["selection"]["weights"] = fixed  # load_model reads the kept epoch's
+        if result.repaired:
+            est = result.estimator
+            fixed = self.layer.with_weights(est.coef_, est.intercept_)
+            state = runfolder.with_model_weights(state, fixed.state_dict())
         runfolder.save_checkpoint(staging / runfolder.CHECKPOINT, state)
-        config = dict(self.config)
-        config["repair"] = {k: summary[k] for k in ("repaired", "C", "labelled", "labels")}
+        config = dict(self.config, repair=result.card(labels))
         files.write_json(staging / runfolder.CONFIG, config)
         return ""  # the set is the run folder
 
@@ -218,13 +212,13 @@ class _FileTarget:
     def weights(self) -> tuple[np.ndarray, np.ndarray]:
         return self.layer.weights()
 
-    def write(self, staging: Path, est: Any, summary: dict[str, Any]) -> str:
+    def write(self, staging: Path, result: RepairResult, labels: str) -> str:
         """Write the file, repaired or as it was, into ``staging``; return its name."""
         dest = staging / self.path.name
-        if est is None:
-            shutil.copy2(self.path, dest)
+        if result.repaired:
+            self.layer.save(dest, result.estimator.coef_, result.estimator.intercept_)
         else:
-            self.layer.save(dest, est.coef_, est.intercept_)
+            shutil.copy2(self.path, dest)
         return dest.name
 
 
