@@ -175,48 +175,7 @@ def _flag_table() -> dict[str, str]:
     return table
 
 
-def _shown(cls: type, name: str) -> str | bool:
-    """Return the default --help shows for an option left None (so resume sees "not given").
-
-    Read from the config dataclass so it is never stale; shown as typer shows every default.
-    """
-    value = getattr(cls, name)
-    return str(value) if value is not None else False
-
-
-# Options shared by commands that read data (train now; audit and outliers later).
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data",
-        help="Folder: class folders, labels.csv, UTKFace names or CelebA.",
-        rich_help_panel="Data",
-    ),
-]
-LabelsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--labels",
-        help="Labels CSV (path,label,...); paths relative to the CSV's folder.",
-        rich_help_panel="Data",
-    ),
-]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        help="Label: CSV column, UTKFace gender|race|age-bucket, or CelebA attribute.",
-        rich_help_panel="Data",
-    ),
-]
-GroupsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--groups",
-        help="Comma-separated attribute columns to evaluate by (default: all suitable).",
-        rich_help_panel="Data",
-    ),
-]
+# Options that several commands declare alike.
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
