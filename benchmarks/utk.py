@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def run_one(
     import torch
 
     torch.set_num_threads(threads)
-    from debias import TrainConfig, load_data, train
+    from debias import ModelConfig, TrainConfig, load_data, train
     from debias.encode import encode
 
     train_csv, test_csv = (Path(data_dir) / name for name in TASKS[task])
@@ -155,12 +155,16 @@ def run_one(
     overrides = dict(METHODS[method].overrides)
     if overrides.get("balance_groups"):
         overrides["balance_groups"] = ORACLE_GROUPS[task]
+    # A variant may change the network too (backbone="resnet18"): ModelConfig's fields go there.
+    model_fields = {f.name for f in fields(ModelConfig)}
+    model = ModelConfig(**{k: overrides.pop(k) for k in list(overrides) if k in model_fields})
     config = TrainConfig(
         labels=str(train_csv),
         out=str(run_dir),
         epochs=epochs,
         seed=seed,
         groups=["race", "gender"],
+        model=model,
         **overrides,
     )
     t0 = time.perf_counter()
@@ -386,8 +390,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME:FIELD=JSON,...",
-        help="an extra method: the default with these TrainConfig fields changed, "
-        "e.g. ess30:ess_fraction=0.3 (repeatable)",
+        help="an extra method: the default with these TrainConfig (or ModelConfig) fields changed, "
+        'e.g. ess30:ess_fraction=0.3 or r18:backbone=\\"resnet18\\" (repeatable)',
     )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(

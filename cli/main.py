@@ -527,176 +527,106 @@ def _finish_audit(report: Any, fail_on: str, json_summary: bool) -> None:
         raise typer.Exit(GATE_FAILED)
 
 
-@app.command()
-def outliers(
-    model: Annotated[
+OUTLIER_OPTIONS = {
+    "model": Row(Path, "Inputs", "The debias run folder whose faces are the norm.", required=True),
+    "data": Row(Path, "Inputs", "Folder of images to score (any depth, no labels needed)."),
+    "paths": Row(Path, "Inputs", "Or a CSV whose 'path' column lists the images."),
+    "labels": Row(Path, "Inputs", "Old name of --paths.", hidden=True),
+    "calibration": Row(
         Path,
-        typer.Option(
-            help="The debias run folder whose faces are the norm.", rich_help_panel="Inputs"
-        ),
-    ],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of images to score (any depth, no labels needed).",
-            rich_help_panel="Inputs",
-        ),
-    ] = None,
-    paths: Annotated[
-        Path | None,
-        typer.Option(
-            help="Or a CSV whose 'path' column lists the images.", rich_help_panel="Inputs"
-        ),
-    ] = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(hidden=True, help="Old name of --paths.", rich_help_panel="Inputs"),
-    ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder or CSV of faces like the ones you screen, to calibrate the false-flag "
-            "rate on (default: the run's validation faces).",
-            rich_help_panel="Calibration",
-        ),
-    ] = None,
-    eval_labels: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV of path,type (inlier or the outlier type): report AUROC/AUPR per type.",
-            rich_help_panel="Calibration",
-        ),
-    ] = None,
-    calibration_groups: Annotated[
-        str | None,
-        typer.Option(
-            help="A column of the --calibration and --paths CSVs (e.g. race): calibrate each "
-            "group on its own faces, so each group's false-flag rate is at the target.",
-            rich_help_panel="Calibration",
-        ),
-    ] = None,
-    calibration_clusters: Annotated[
-        int,
-        typer.Option(
-            help="Without group labels: calibrate per k-means cluster of the latent means "
-            "(0: off).",
-            rich_help_panel="Calibration",
-        ),
-    ] = OutlierConfig.calibration_clusters,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV to write (default reports/outliers-<date-time>.csv); JSON beside.",
-            rich_help_panel="Output",
-        ),
-    ] = None,
-    overwrite: OverwriteOpt = False,
-    contamination: Annotated[
-        float,
-        typer.Option(
-            help="Target share of inliers flagged (false-flag rate).", rich_help_panel="Calibration"
-        ),
-    ] = OutlierConfig.contamination,
-    rare_fraction: Annotated[
-        float,
-        typer.Option(
-            help="Share of validation faces the rarity flag calls rare.",
-            rich_help_panel="Calibration",
-        ),
-    ] = OutlierConfig.rare_fraction,
-    combine: Annotated[
+        "Calibration",
+        "Folder or CSV of faces like the ones you screen, to calibrate the false-flag rate on "
+        "(default: the run's validation faces).",
+    ),
+    "eval_labels": Row(
+        Path,
+        "Calibration",
+        "CSV of path,type (inlier or the outlier type): report AUROC/AUPR per type.",
+    ),
+    "calibration_groups": Row(
         str,
-        typer.Option(
-            help="min or fisher: how component p-values combine.", rich_help_panel="Calibration"
-        ),
-    ] = OutlierConfig.combine,
-    chunk_size: Annotated[
-        int, typer.Option(help="Images decoded and scored at a time.", rich_help_panel="Output")
-    ] = OutlierConfig.chunk_size,
-    device: DeviceOpt = None,
-) -> None:
+        "Calibration",
+        "A column of the --calibration and --paths CSVs (e.g. race): calibrate each group on "
+        "its own faces, so each group's false-flag rate is at the target.",
+    ),
+    "calibration_clusters": Row(
+        int,
+        "Calibration",
+        "Without group labels: calibrate per k-means cluster of the latent means (0: off).",
+    ),
+    "contamination": Row(
+        float, "Calibration", "Target share of inliers flagged (false-flag rate)."
+    ),
+    "rare_fraction": Row(
+        float, "Calibration", "Share of validation faces the rarity flag calls rare."
+    ),
+    "combine": Row(str, "Calibration", "min or fisher: how component p-values combine."),
+    "out": Row(
+        Path, "Output", "CSV to write (default reports/outliers-<date-time>.csv); JSON beside."
+    ),
+    "overwrite": Row(Flag, "Output", "Replace a scan already at --out."),
+    "chunk_size": Row(int, "Output", "Images decoded and scored at a time."),
+    "device": Row(str, "Machine", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+}
+
+
+@app.command()
+@with_options(OUTLIER_OPTIONS, OutlierConfig)
+def outliers(**options: Any) -> None:
     """Flag inputs unlike the run's training faces (and, separately, rare but valid faces)."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
     with _errors():
-        config = OutlierConfig(
-            model=str(model),
-            data=str(data) if data else None,
-            paths=str(paths or labels) if paths or labels else None,
-            calibration=str(calibration) if calibration else None,
-            eval_labels=str(eval_labels) if eval_labels else None,
-            calibration_groups=calibration_groups,
-            calibration_clusters=calibration_clusters,
-            contamination=contamination,
-            rare_fraction=rare_fraction,
-            combine=combine,  # type: ignore[arg-type]
-            chunk_size=chunk_size,
-            device=device or "auto",
-            out=str(out) if out else None,
-            overwrite=overwrite,
-        )
+        if "labels" in given:  # the old name of paths
+            given.setdefault("paths", given.pop("labels"))
+        for key in ("model", "data", "paths", "calibration", "eval_labels", "out"):
+            if key in given:
+                given[key] = str(given[key])
         with RichListener(console) as listener:
-            report = write_outliers(config, listener=listener)
+            report = write_outliers(OutlierConfig(**given), listener=listener)
     show_outliers(console, report)
 
 
+REPORT_OPTIONS = {
+    "run": Row(Path, "Arguments", "Same as --model (kept for older scripts).", argument=True),
+    "model": Row(
+        Path,
+        "Inputs",
+        "What the report is about: a debias run folder, or the model file the audit audited "
+        "(its SHA-256 is checked). Default: what --audit audited.",
+    ),
+    "audit": Row(Path, "Inputs", "An audit folder of the model (debias audit --out)."),
+    "baseline": Row(Path, "Inputs", "A plain-classifier run to compare with."),
+    "baseline_audit": Row(
+        Path,
+        "Inputs",
+        "An audit of the baseline on the same images (default for a baseline run: the report "
+        "audits it with the audit's options). Alone, it names the baseline.",
+    ),
+    "outliers": Row(Path, "Inputs", "An outliers.csv written by debias outliers."),
+    "name": Row(str, "Output", "Report name (default: the model's file or folder name)."),
+    "out": Row(Path, "Output", "Output folder (default reports/<name>)."),
+    "overwrite": Row(Flag, "Output", "Replace a report already at --out."),
+}
+
+
 @app.command()
-def report(
-    run: Annotated[
-        Path | None,
-        typer.Argument(help="Same as --model (kept for older scripts).", show_default=False),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="What the report is about: a debias run folder, or the model file the audit "
-            "audited (its SHA-256 is checked). Default: what --audit audited."
-        ),
-    ] = None,
-    audit: Annotated[
-        Path | None, typer.Option(help="An audit folder of the model (debias audit --out).")
-    ] = None,
-    baseline: Annotated[
-        Path | None, typer.Option(help="A plain-classifier run to compare with.")
-    ] = None,
-    baseline_audit: Annotated[
-        Path | None,
-        typer.Option(
-            help="An audit of the baseline on the same images (default for a baseline run: the "
-            "report audits it with the audit's options). Alone, it names the baseline."
-        ),
-    ] = None,
-    outliers: Annotated[
-        Path | None, typer.Option(help="An outliers.csv written by debias outliers.")
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="Report name (default: the model's file or folder name).")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Output folder (default reports/<name>).")
-    ] = None,
-    overwrite: OverwriteOpt = False,
-) -> None:
+@with_options(REPORT_OPTIONS, ReportConfig)
+def report(**options: Any) -> None:
     """Write a fairness report (HTML, JSON, Markdown) about any audited classifier."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
     with _errors():
-        if run and model and run != model:
+        run = given.pop("run", None)
+        if run and given.get("model", run) != run:
             raise errors.ConfigError(
                 errors.BAD_OPTION.format(
                     option="model",
-                    value=model,
+                    value=given["model"],
                     problem=f"differs from the positional {run}",
                     fix="Pass the model once, as model=.",
                 )
             )
-        chosen = model or run
-        config = ReportConfig(
-            model=str(chosen) if chosen else None,
-            baseline=str(baseline) if baseline else None,
-            audit=str(audit) if audit else None,
-            baseline_audit=str(baseline_audit) if baseline_audit else None,
-            outliers=str(outliers) if outliers else None,
-            name=name,
-            out=str(out) if out else None,
-            overwrite=overwrite,
-        )
+        given.setdefault("model", run)
+        config = ReportConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
         with RichListener(console) as listener:
             html = write_report(config, listener=listener)
     console.print(

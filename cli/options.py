@@ -31,13 +31,18 @@ class Toggle:
 class Row(NamedTuple):
     """One option: its type (int, float, str, Path, Flag or Toggle), panel and help.
 
-    ``flag`` names the option on the command line when it differs from ``--field-name``.
+    ``flag`` names the option on the command line when it differs from ``--field-name``;
+    ``hidden`` leaves an old name out of ``--help``; ``argument`` makes it positional;
+    ``required`` has typer refuse a command line without it.
     """
 
     kind: type
     panel: str
     help: str
     flag: str | None = None
+    hidden: bool = False
+    argument: bool = False
+    required: bool = False
 
 
 def with_options(table: dict[str, Row], *configs: type) -> Callable[[F], F]:
@@ -62,6 +67,12 @@ def with_options(table: dict[str, Row], *configs: type) -> Callable[[F], F]:
 def _parameter(name: str, row: Row, configs: tuple[type, ...]) -> inspect.Parameter:
     flag = row.flag or "--" + name.replace("_", "-")
     common: dict[str, Any] = {"help": row.help, "rich_help_panel": row.panel}
+    if row.argument:
+        argument = typer.Argument(show_default=False, **common)
+        annotation = Annotated[row.kind | None, argument]  # type: ignore[name-defined]
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return inspect.Parameter(name, kind, default=None, annotation=annotation)
+    common["hidden"] = row.hidden
     if row.kind is Flag:
         annotation = Annotated[bool, typer.Option(flag, metavar="", **common)]
         default: Any = False
@@ -72,7 +83,7 @@ def _parameter(name: str, row: Row, configs: tuple[type, ...]) -> inspect.Parame
         shown = _shown(name, configs)
         option = typer.Option(flag, show_default=shown, **common)
         annotation = Annotated[row.kind | None, option]  # type: ignore[name-defined]
-        default = None
+        default = ... if row.required else None
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
     )

@@ -511,12 +511,7 @@ def _train_epoch(
             recon=config.recon,
             use_vae=not config.baseline,
         )
-        if not distributed.all_finite(loss.total, cluster):
-            raise errors.DebiasError(
-                errors.LOSS_NOT_FINITE.format(
-                    path=run_dir, loss=loss.total.item(), epoch=epoch + 1, lr=f"{config.lr / 10:g}"
-                )
-            )
+        _check_finite(loss.total, s, run_dir, epoch)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss.total).backward()
         s.scaler.step(s.optimizer)
@@ -531,24 +526,41 @@ def _train_epoch(
     record: dict[str, Any] = {"epoch": epoch + 1}
     record.update({f"train_{k}": v / sums["seen"] for k, v in sums.items() if k != "seen"})
     record["train_acc"] = record.pop("train_correct")
-    y_train = torch.from_numpy(s.data.y[s.train_idx])
+    record.update(_sampling_record(s, weighted))
     record.update(
-        {
-            "resampled": weighted.resampled,
-            "ess": ess_fraction * len(weights),
-            "ess_fraction": ess_fraction,
-            "ess_by_class": {
-                name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
-                for c, name in enumerate(s.data.classes)
-                if (y_train == c).any()
-            },
-            "seconds": seconds,
-            "images_per_s": len(draw) / seconds,
-            "processes": cluster.world,
-            "lr": s.scheduler.get_last_lr()[0],
-        }
+        seconds=seconds,
+        images_per_s=len(draw) / seconds,
+        processes=cluster.world,
+        lr=s.scheduler.get_last_lr()[0],
     )
     return record
+
+
+def _check_finite(loss: torch.Tensor, s: _Setup, run_dir: Path, epoch: int) -> None:
+    """Stop the run, on every process at once, when a batch's loss is NaN or infinite."""
+    if not distributed.all_finite(loss, s.cluster):
+        raise errors.DebiasError(
+            errors.LOSS_NOT_FINITE.format(
+                path=run_dir, loss=loss.item(), epoch=epoch + 1, lr=f"{s.config.lr / 10:g}"
+            )
+        )
+
+
+def _sampling_record(s: _Setup, weighted: EpochWeights) -> dict[str, Any]:
+    """Summarise the epoch's draw weights: resampled or not, effective sample sizes."""
+    weights = weighted.weights
+    ess_fraction = effective_sample_size(weights) / len(weights)
+    y_train = torch.from_numpy(s.data.y[s.train_idx])
+    return {
+        "resampled": weighted.resampled,
+        "ess": ess_fraction * len(weights),
+        "ess_fraction": ess_fraction,
+        "ess_by_class": {
+            name: effective_sample_size(weights[y_train == c]) / int((y_train == c).sum())
+            for c, name in enumerate(s.data.classes)
+            if (y_train == c).any()
+        },
+    }
 
 
 def _validate(s: _Setup) -> dict[str, Any]:

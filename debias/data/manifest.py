@@ -176,20 +176,14 @@ def load_data(
         See :func:`read_manifest`.
     groups : sequence of str, optional
         Attribute columns to evaluate by; default: every attribute with 2-20 values.
-    image_size : int
-        Side of the square images, in pixels.
-    strict : bool
-        Raise on the first unusable file instead of skipping and reporting it.
+    image_size, strict : int, bool
+        Side of the square images in pixels; raise on the first unusable file, not skip it.
     splits : sequence of str, optional
         Keep only rows whose ``split`` is one of these (when the data set has a partition).
-    cache_file : path-like, optional
-        Memory-mapped cache location for data sets larger than ``max_memory_bytes``.
-    max_memory_bytes : int
-        Largest decoded cache held in RAM.
-    num_workers : int
-        Decoding processes.
-    min_classes : int
-        Fewest classes accepted: 2 to train a classifier, 1 to audit one on a single class.
+    cache_file, max_memory_bytes : path-like, int
+        Decoded images larger than ``max_memory_bytes`` are memory-mapped at ``cache_file``.
+    num_workers, min_classes : int
+        Decoding processes; fewest classes accepted (2 to train, 1 to audit a single class).
     on_start, on_advance : callable, optional
         Progress hooks: total count, then increments.
 
@@ -203,10 +197,7 @@ def load_data(
         No images, fewer than two classes, unknown groups, or (with ``strict``) an unusable file.
     """
     manifest = read_manifest(data, labels=labels, target=target)
-    frame = manifest.frame
-    if splits is not None and "split" in frame.columns:
-        frame = frame[frame["split"].isin(list(splits))]
-    frame = frame.reset_index(drop=True)
+    frame = _rows_of(manifest.frame, splits)
     if on_start is not None:
         on_start(len(frame))
     images, failures = decode_images(
@@ -219,6 +210,25 @@ def load_data(
     )
     frame, images, skipped = _drop_failures(frame, images, failures, list(manifest.skipped))
     _check_decoded(manifest, frame, skipped, strict)
+    return _face_data(manifest, frame, images, skipped, groups, min_classes)
+
+
+def _rows_of(frame: pd.DataFrame, splits: Sequence[str] | None) -> pd.DataFrame:
+    """Keep the rows whose ``split`` is in ``splits`` (all when None or unsplit); renumber."""
+    if splits is not None and "split" in frame.columns:
+        frame = frame[frame["split"].isin(list(splits))]
+    return frame.reset_index(drop=True)
+
+
+def _face_data(
+    manifest: Manifest,
+    frame: pd.DataFrame,
+    images: np.ndarray,
+    skipped: list,
+    groups: Sequence[str] | None,
+    min_classes: int,
+) -> FaceData:
+    """Return the decoded rows as :class:`FaceData`: classes numbered in order, groups checked."""
     classes = sorted(frame["label"].unique().tolist())
     if len(classes) < min_classes:
         raise errors.DataError(errors.ONE_CLASS.format(path=manifest.source, name=classes[0]))

@@ -335,25 +335,14 @@ def audit(
     """
     options = options or AuditOptions()
     options.validate()
-    groups = sensitive_frame(sensitive_features, len(y_true))
-    if not options.groups:
-        options = dataclasses.replace(options, groups=suitable_groups(groups, list(groups.columns)))
-    check_groups(groups, options.groups)
-    if classes is None:
-        seen = pd.concat([pd.Series(y_true), pd.Series(y_pred)]).astype(str).unique()
-        classes = sorted(seen.tolist())
-    classes = [str(c) for c in classes]
-    yt, yp = _codes(y_true, classes, "y_true"), _codes(y_pred, classes, "y_pred")
+    groups, options = _groups(sensitive_features, len(y_true), options)
+    classes, yt, yp = _encoded(y_true, y_pred, classes)
     pos = positive_class(classes, options.pos_label)
     judged = [classes.index(pos)] if pos is not None else list(range(len(classes)))
     outcome = _Outcomes.of(groups, yt, yp, classes, options, metric_keys(classes, judged))
-    rows, disparity_rows = outcome.overall_rows(), []
-    for attribute in attributes_of(options.groups):
-        attribute_rows, attribute_disparities = outcome.attribute_rows(attribute)
-        rows += attribute_rows
-        disparity_rows += attribute_disparities
-    audited = pd.DataFrame({"y_true": np.asarray(classes, dtype=object)[yt],
-                            "y_pred": np.asarray(classes, dtype=object)[yp]})  # fmt: skip
+    rows, disparity_rows = outcome.tables(attributes_of(options.groups))
+    names = np.asarray(classes, dtype=object)
+    audited = pd.DataFrame({"y_true": names[yt], "y_pred": names[yp]})
     audited[options.groups] = groups[options.groups].reset_index(drop=True)
     return AuditResult(
         pd.DataFrame(rows, columns=BY_GROUP_COLUMNS),
@@ -364,6 +353,28 @@ def audit(
         n=len(yt),
         predictions=audited,
     )
+
+
+def _encoded(
+    y_true: Sequence[object], y_pred: Sequence[object], classes: Sequence[str] | None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return the class names (default: every one seen, sorted) and both label arrays as codes."""
+    if classes is None:
+        seen = pd.concat([pd.Series(y_true), pd.Series(y_pred)]).astype(str).unique()
+        classes = sorted(seen.tolist())
+    classes = [str(c) for c in classes]
+    return classes, _codes(y_true, classes, "y_true"), _codes(y_pred, classes, "y_pred")
+
+
+def _groups(
+    sensitive_features: object, n: int, options: AuditOptions
+) -> tuple[pd.DataFrame, AuditOptions]:
+    """Return the group columns as a frame of ``n`` rows, and options naming the audited ones."""
+    groups = sensitive_frame(sensitive_features, n)
+    if not options.groups:
+        options = dataclasses.replace(options, groups=suitable_groups(groups, list(groups.columns)))
+    check_groups(groups, options.groups)
+    return groups, options
 
 
 @dataclass
@@ -412,6 +423,15 @@ class _Outcomes:
         return _group_rows(
             "overall", "all", overall, self.counts.sum(axis=0), replicates, self.keys, self.options
         )
+
+    def tables(self, attributes: Sequence[str]) -> tuple[list[tuple], list[tuple]]:
+        """Return the rows of the overall and every attribute's groups, and their disparities."""
+        rows, disparity_rows = self.overall_rows(), []
+        for attribute in attributes:
+            attribute_rows, attribute_disparities = self.attribute_rows(attribute)
+            rows += attribute_rows
+            disparity_rows += attribute_disparities
+        return rows, disparity_rows
 
     def attribute_rows(self, attribute: str) -> tuple[list[tuple], list[tuple]]:
         """Return the rows of ``attribute``'s groups and its disparities against its reference."""

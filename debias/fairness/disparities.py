@@ -101,34 +101,18 @@ def disparities(
     r = names.index(reference)
     values = metrics_from_counts(group_counts, keys)  # (V, M)
     sizes = group_counts.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diff_rep = replicates - replicates[:, r : r + 1]  # (B, V, M)
-        ratio_rep = replicates / replicates[:, r : r + 1]
-        diff = values - values[r]  # (V, M)
-        ratio = values / values[r]
-    d_low, d_high = interval(diff_rep, ci)
-    r_low, r_high = interval(np.where(np.isfinite(ratio_rep), ratio_rep, np.nan), ci)
-    p_values = bootstrap_p_value(diff, diff_rep)
+    numbers = _comparisons(values, replicates, r, ci, bootstrapped)
     base_rate = {k.class_name: m for m, k in enumerate(keys) if k.metric == "base_rate"}
     out = []
     for v, name in enumerate(names):
-        if name == reference:
-            continue
         for m, key in enumerate(keys):
-            if key.metric not in JUDGED:
+            if name == reference or key.metric not in JUDGED:
                 continue
             label_bound = key.metric in LABEL_BOUND and any(
                 values[g, base_rate[key.class_name]] in (0.0, 1.0) for g in (v, r)
             )
-            if min(sizes[v], sizes[r]) < min_group_size:
-                flag = "too small"
-            elif not np.isfinite(ratio[v, m]) or label_bound:
-                flag = "undefined"
-            else:
-                flag = "pass" if tau <= ratio[v, m] <= 1 / tau else "fail"
-            significant = bool(
-                bootstrapped and np.isfinite(d_low[v, m]) and (d_low[v, m] > 0 or d_high[v, m] < 0)
-            )
+            too_small = min(sizes[v], sizes[r]) < min_group_size
+            low, high = numbers["difference_ci_low"][v, m], numbers["difference_ci_high"][v, m]
             row = Disparity(
                 attribute=attribute,
                 group=name,
@@ -136,22 +120,53 @@ def disparities(
                 n=int(sizes[v]),
                 metric=key.metric,
                 cls=key.class_name,
-                value=float(values[v, m]),
-                reference_value=float(values[r, m]),
-                difference=float(diff[v, m]),
-                difference_ci_low=float(d_low[v, m]),
-                difference_ci_high=float(d_high[v, m]),
-                ratio=float(ratio[v, m]) if np.isfinite(ratio[v, m]) else float("nan"),
-                ratio_ci_low=float(r_low[v, m]),
-                ratio_ci_high=float(r_high[v, m]),
-                p_value=float(p_values[v, m]) if bootstrapped else float("nan"),
-                significant=significant,
-                direction=_direction(key.metric, diff[v, m]),
-                flag=flag,
+                **{column: float(table[v, m]) for column, table in numbers.items()},
+                significant=bootstrapped and _excludes_zero(low, high),
+                direction=_direction(key.metric, numbers["difference"][v, m]),
+                flag=_flag(numbers["ratio"][v, m], tau, too_small, label_bound),
                 duplicate_of="",
             )
             out.append(astuple(row))
     return out
+
+
+def _comparisons(
+    values: np.ndarray, replicates: np.ndarray, r: int, ci: float, bootstrapped: bool
+) -> dict[str, np.ndarray]:
+    """Each group against group ``r``: the table's numeric columns, ``(V, M)`` each, by field."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff_rep = replicates - replicates[:, r : r + 1]  # (B, V, M)
+        ratio_rep = replicates / replicates[:, r : r + 1]
+        diff = values - values[r]  # (V, M)
+        ratio = values / values[r]
+    d_low, d_high = interval(diff_rep, ci)
+    r_low, r_high = interval(np.where(np.isfinite(ratio_rep), ratio_rep, np.nan), ci)
+    p_values = bootstrap_p_value(diff, diff_rep) if bootstrapped else np.full_like(diff, np.nan)
+    return dict(
+        value=values,
+        reference_value=np.broadcast_to(values[r], values.shape),
+        difference=diff,
+        difference_ci_low=d_low,
+        difference_ci_high=d_high,
+        ratio=np.where(np.isfinite(ratio), ratio, np.nan),
+        ratio_ci_low=r_low,
+        ratio_ci_high=r_high,
+        p_value=p_values,
+    )
+
+
+def _flag(ratio: float, tau: float, too_small: bool, label_bound: bool) -> str:
+    """Return a comparison's verdict: ``too small`` or ``undefined``, else the ratio rule's."""
+    if too_small:
+        return "too small"
+    if not np.isfinite(ratio) or label_bound:
+        return "undefined"
+    return "pass" if tau <= ratio <= 1 / tau else "fail"
+
+
+def _excludes_zero(low: float, high: float) -> bool:
+    """Whether a difference's interval lies wholly on one side of zero (significant)."""
+    return bool(np.isfinite(low) and np.isfinite(high) and (low > 0 or high < 0))
 
 
 def _direction(metric: str, difference: float) -> str:

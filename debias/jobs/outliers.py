@@ -126,14 +126,14 @@ class OutlierConfig:
             raise errors.ConfigError(errors.NO_DATA)
         checks = (
             ("contamination", 0 < self.contamination < 1, "use a rate such as 0.05"),
-            ("rare-fraction", 0 < self.rare_fraction < 1, "use a rate such as 0.05"),
+            ("rare_fraction", 0 < self.rare_fraction < 1, "use a rate such as 0.05"),
             ("combine", self.combine in ("fisher", "min"), "use fisher or min"),
-            ("chunk-size", self.chunk_size >= 1, "use 1 or more"),
-            ("calibration-clusters", 0 <= self.calibration_clusters <= 100, "use 0 (off) to 100"),
+            ("chunk_size", self.chunk_size >= 1, "use 1 or more"),
+            ("calibration_clusters", 0 <= self.calibration_clusters <= 100, "use 0 (off) to 100"),
             ("out", self.out is None or self.out.lower().endswith(".csv"), "pass e.g. out.csv"),
         )
         for option, ok, fix in checks:
-            value = getattr(self, option.replace("-", "_"))
+            value = getattr(self, option)
             check_option(ok, option, value, "not allowed", fix.capitalize())
 
 
